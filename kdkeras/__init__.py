@@ -1,12 +1,30 @@
-"""kdkeras: knowledge distillation for Keras."""
+"""kdkeras: knowledge distillation for Keras.
+
+`Distiller`, `LogitsDistillation`, `FeatureDistillation` and
+`DistillationLoss` are drop-ins for the names of `keras.distillation`.
+"""
 
 from kdkeras import datasets
+from kdkeras import losses
+from kdkeras.distiller import Distiller
+from kdkeras.losses import DIST
+from kdkeras.losses import DKD
+from kdkeras.losses import DistillationLoss
+from kdkeras.losses import FeatureDistillation
+from kdkeras.losses import LogitsDistillation
 
 __version__ = "0.1.0"
 
 __all__ = sorted(
     [
+        "DIST",
+        "DKD",
+        "DistillationLoss",
+        "Distiller",
+        "FeatureDistillation",
+        "LogitsDistillation",
         "__version__",
         "datasets",
+        "losses",
     ]
 )

@@ -1,0 +1,574 @@
+"""The `Distiller`: a `keras.Model` that trains a student from a frozen teacher."""
+
+import math
+
+import keras
+from keras import ops
+
+from kdkeras import adapters as adapters_lib
+from kdkeras import cache as cache_lib
+from kdkeras import taps
+from kdkeras.losses.base import reduce_per_sample
+from kdkeras.losses.logits import ensemble_logits
+
+try:  # keras >= 3.12
+    from keras.distillation import DistillationLoss as _AnyDistillationLoss
+except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin
+    from kdkeras.losses.base import DistillationLoss as _AnyDistillationLoss
+
+
+def _is_number(value):
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _snake(name):
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def _replica_count():
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _scale_for_replicas(value):
+    # Gradients are summed over replicas: each replica contributes its local
+    # mean divided by the replica count, so the sum is the global mean.
+    replicas = _replica_count()
+    return value / replicas if replicas > 1 else value
+
+
+def _unscale_for_replicas(value):
+    replicas = _replica_count()
+    return value * replicas if replicas > 1 else value
+
+
+@keras.saving.register_keras_serializable(package="kdkeras")
+class Distiller(keras.Model):
+    """Trains a student model from a frozen teacher: knowledge distillation.
+
+    A `keras.Model` with the vocabulary of `keras.distillation.Distiller`:
+    compile it and call `fit`, `evaluate` and `predict` as usual; `call()`
+    returns the student's output. Each training step:
+
+    1. runs the teacher once, with `training=False` and outside the gradient
+       tape, for its outputs and tapped features (or takes them from a cache,
+       see `cache_teacher_outputs`);
+    2. runs the student exactly once, recording its outputs and tapped
+       features from that same pass;
+    3. forms `student_loss_weight * ground_truth + (1 - student_loss_weight)
+       * sum_i(weight_i * term_i)`, every part weighted by `sample_weight`
+       and scaled so that replicas of a `tf.distribute` strategy add up to
+       the single-device value; unlabeled batches (`x` only) train on the
+       distillation terms alone;
+    4. updates the student's variables only (and those of adapters).
+
+    Logs carry `loss`, `student_loss` (the ground-truth term), one entry per
+    distillation term (for example `logits_distillation_loss`),
+    `teacher_agreement` (share of samples whose argmax equals the teacher's)
+    and the compiled metrics. `evaluate()` runs both models in inference
+    mode, so it updates no BatchNorm statistic.
+
+    The teacher is frozen: `teacher.trainable` is set to `False`, and its
+    weights are never updated.
+
+    Args:
+        teacher: a trained `keras.Model`, or a list of them: their soft
+            targets are averaged (see `teacher_weights`) for every output
+            term, at that term's temperature.
+        student: the `keras.Model` to train.
+        distillation_losses: a distillation term or a list of terms:
+            `kdkeras.LogitsDistillation`, `kdkeras.FeatureDistillation`, ...,
+            or objects written for `keras.distillation` (subclasses of
+            `keras.distillation.DistillationLoss`; those cannot see sample
+            weights).
+        distillation_loss_weights: one non-negative weight per term.
+            Defaults to 1.0 for each.
+        student_loss_weight: weight in `[0, 1]` of the ground-truth loss given
+            to `compile(loss=...)`; the terms get `1 - student_loss_weight`.
+            Defaults to 0.5.
+        teacher_weights: with several teachers, one non-negative weight per
+            teacher for averaging their soft targets. Defaults to equal.
+        name: the model's name. Defaults to `"distiller"`.
+        **kwargs: passed to `keras.Model`.
+
+    Example:
+
+    ```python
+    distiller = kdkeras.Distiller(
+        teacher=teacher,
+        student=student,
+        distillation_losses=kdkeras.LogitsDistillation(temperature=4.0),
+        student_loss_weight=0.1,
+    )
+    distiller.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    distiller.fit(x_train, y_train, epochs=10)
+    distiller.student.save("student.keras")
+    ```
+
+    Reference:
+        Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network.
+        https://arxiv.org/abs/1503.02531
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        distillation_losses,
+        distillation_loss_weights=None,
+        student_loss_weight=0.5,
+        teacher_weights=None,
+        name="distiller",
+        **kwargs,
+    ):
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                "kdkeras.Distiller needs the TensorFlow backend. Set "
+                "KERAS_BACKEND=tensorflow before importing keras. "
+                f"Received: backend={keras.backend.backend()!r}"
+            )
+        super().__init__(name=name, **kwargs)
+        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        if not teachers:
+            raise ValueError("Expected at least one teacher. Received: teacher=[]")
+        for i, t in enumerate(teachers):
+            if not isinstance(t, keras.Model):
+                where = f"teacher[{i}]" if len(teachers) > 1 else "teacher"
+                raise TypeError(
+                    f"Expected `{where}` to be a keras.Model. "
+                    f"Received: {where}={t!r}"
+                )
+        if not isinstance(student, keras.Model):
+            raise TypeError(
+                f"Expected `student` to be a keras.Model. Received: student={student!r}"
+            )
+        if any(t is student for t in teachers):
+            raise ValueError(
+                "Expected different objects for `teacher` and `student`: the "
+                "teacher is frozen. Clone the model for self-distillation "
+                "(keras.models.clone_model). Received the same model twice."
+            )
+
+        losses = distillation_losses
+        if losses is None:
+            raise ValueError(
+                "Expected a distillation term or a list of terms, such as "
+                "kdkeras.LogitsDistillation(). Received: distillation_losses=None"
+            )
+        losses = list(losses) if isinstance(losses, (list, tuple)) else [losses]
+        if not losses:
+            raise ValueError(
+                "Expected at least one distillation term. "
+                "Received: distillation_losses=[]"
+            )
+        for i, term in enumerate(losses):
+            if not isinstance(term, _AnyDistillationLoss):
+                raise TypeError(
+                    "Expected each distillation term to be a "
+                    "kdkeras.losses.DistillationLoss or a "
+                    "keras.distillation.DistillationLoss. "
+                    f"Received: distillation_losses[{i}]={term!r}"
+                )
+
+        if distillation_loss_weights is None:
+            weights = [1.0] * len(losses)
+        else:
+            weights = (
+                list(distillation_loss_weights)
+                if isinstance(distillation_loss_weights, (list, tuple))
+                else [distillation_loss_weights]
+            )
+        if len(weights) != len(losses):
+            raise ValueError(
+                "Expected one weight per distillation term "
+                f"({len(losses)}). Received: "
+                f"distillation_loss_weights={distillation_loss_weights!r}"
+            )
+        for w in weights:
+            if not _is_number(w) or w < 0:
+                raise ValueError(
+                    "Expected every distillation loss weight to be a finite "
+                    "number >= 0. Received: "
+                    f"distillation_loss_weights={distillation_loss_weights!r}"
+                )
+        if not _is_number(student_loss_weight) or not 0 <= student_loss_weight <= 1:
+            raise ValueError(
+                "Expected `student_loss_weight` to be a number in [0, 1]. "
+                f"Received: student_loss_weight={student_loss_weight!r}"
+            )
+        if teacher_weights is not None:
+            tw = list(teacher_weights) if isinstance(teacher_weights, (list, tuple)) else None
+            if (
+                tw is None
+                or len(tw) != len(teachers)
+                or not all(_is_number(w) and w >= 0 for w in tw)
+                or sum(tw) <= 0
+            ):
+                raise ValueError(
+                    f"Expected `teacher_weights` to be {len(teachers)} finite "
+                    "numbers >= 0 with a positive sum, one per teacher. "
+                    f"Received: teacher_weights={teacher_weights!r}"
+                )
+
+        self.teacher = teacher
+        self.student = student
+        self.distillation_losses = losses
+        self.distillation_loss_weights = weights
+        self.student_loss_weight = student_loss_weight
+        self.teacher_weights = teacher_weights
+        self._teachers = teachers
+        for t in teachers:
+            t.trainable = False
+
+        self._resolve_taps()
+        self._check_output_shapes()
+        # One adapter (or None) per term, mapping the student's tapped
+        # features to the teacher's shape; trained with the student.
+        self.adapters = adapters_lib.build_adapters(self)
+
+        names, seen = [], {}
+        for term in losses:
+            base = getattr(term, "name", None) or f"{_snake(type(term).__name__)}_loss"
+            count = seen.get(base, 0)
+            seen[base] = count + 1
+            names.append(base if count == 0 else f"{base}_{count}")
+        self.term_names = names
+        self._student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self._term_trackers = [keras.metrics.Mean(name=n) for n in names]
+        self._agreement_tracker = keras.metrics.Mean(name="teacher_agreement")
+
+    # ------------------------------------------------------------ set-up
+
+    def _resolve_taps(self):
+        """Finds every tapped layer now, so a wrong name fails before `fit`."""
+        self._teacher_taps = []  # per term: layer or None (final output)
+        self._student_taps = []
+        for i, term in enumerate(self.distillation_losses):
+            t_name = getattr(term, "teacher_layer_name", None)
+            s_name = getattr(term, "student_layer_name", None)
+            if t_name is not None and len(self._teachers) > 1:
+                raise ValueError(
+                    "Feature terms need a single teacher: with several teachers "
+                    "it is ambiguous which one to tap. Received: "
+                    f"{len(self._teachers)} teachers and distillation_losses[{i}] "
+                    f"with teacher_layer_name={t_name!r}"
+                )
+            self._teacher_taps.append(
+                None if t_name is None else taps.find_layer(self._teachers[0], t_name, "teacher")
+            )
+            self._student_taps.append(
+                None if s_name is None else taps.find_layer(self.student, s_name, "student")
+            )
+
+    def _check_output_shapes(self):
+        """Output terms need teacher and student outputs of the same shape."""
+        if all(tap is not None for tap in self._teacher_taps):
+            return
+        s_out = getattr(self.student, "outputs", None)
+        for t in self._teachers:
+            t_out = getattr(t, "outputs", None)
+            if not s_out or not t_out:
+                continue  # subclassed models: checked on the first batch
+            t_shapes = [tuple(o.shape) for o in t_out]
+            s_shapes = [tuple(o.shape) for o in s_out]
+            compatible = len(t_shapes) == len(s_shapes) and all(
+                len(a) == len(b)
+                and all(x is None or y is None or x == y for x, y in zip(a, b))
+                for a, b in zip(t_shapes, s_shapes)
+            )
+            if not compatible:
+                raise ValueError(
+                    "Expected the teacher and the student to have outputs of the "
+                    "same shape for output distillation terms. Received: teacher "
+                    f"{t.name!r} outputs {t_shapes}, student {self.student.name!r} "
+                    f"outputs {s_shapes}"
+                )
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Configures training, with the signature of `keras.Model.compile`.
+
+        `loss` is the ground-truth loss of the student (for example
+        `SparseCategoricalCrossentropy(from_logits=True)`); it is required
+        unless `student_loss_weight` is 0.
+        """
+        if loss is None and self.student_loss_weight > 0:
+            raise ValueError(
+                "Expected `loss` (the student's ground-truth loss) because "
+                f"student_loss_weight={self.student_loss_weight} > 0. Pass "
+                "compile(loss=...), or build the Distiller with "
+                "student_loss_weight=0.0 to train on the teacher alone. "
+                "Received: loss=None"
+            )
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    # ------------------------------------------------------------- forward
+
+    def call(self, inputs, training=None):
+        return self.student(cache_lib.unpack_inputs(inputs), training=training)
+
+    def _teacher_targets(self, x):
+        """Teacher outputs (one per teacher) and tapped features (per term)."""
+        outputs, features = [], {}
+        for i, teacher in enumerate(self._teachers):
+            layers = (
+                [layer for layer in self._teacher_taps if layer is not None]
+                if i == 0
+                else []
+            )
+            with taps.capture(layers) as store:
+                out = teacher(x, training=False)
+            outputs.append(out)
+            if i == 0:
+                for j, layer in enumerate(self._teacher_taps):
+                    if layer is not None:
+                        features[str(j)] = store[id(layer)]
+        stop = lambda v: ops.stop_gradient(v)
+        return {
+            "outputs": keras.tree.map_structure(stop, outputs),
+            "features": keras.tree.map_structure(stop, features),
+        }
+
+    def compute_teacher_outputs(self, x):
+        """Everything the terms need from the teacher for a batch `x`.
+
+        Used by `cache_teacher_outputs`; the structure is internal.
+        """
+        return self._teacher_targets(x)
+
+    def _teacher_weight_list(self):
+        return None if self.teacher_weights is None else list(self.teacher_weights)
+
+    def _student_forward(self, x, training):
+        layers = [layer for layer in self._student_taps if layer is not None]
+        with taps.capture(layers) as store:
+            y_pred = self.student(x, training=training)
+        features = {
+            j: store[id(layer)]
+            for j, layer in enumerate(self._student_taps)
+            if layer is not None
+        }
+        return y_pred, features
+
+    def _term_inputs(self, j, term, targets, y_pred, s_features):
+        if self._teacher_taps[j] is not None:
+            t_value = targets["features"][str(j)]
+        elif len(self._teachers) == 1:
+            t_value = targets["outputs"][0]
+        else:
+            temperature = getattr(term, "temperature", 1.0)
+            t_value = keras.tree.map_structure(
+                lambda *outs: ensemble_logits(list(outs), self._teacher_weight_list(), temperature),
+                *targets["outputs"],
+            )
+        s_value = s_features[j] if self._student_taps[j] is not None else y_pred
+        adapter = self.adapters[j]
+        if adapter is not None:
+            s_value = adapter(s_value)
+        return t_value, s_value
+
+    def _term_value(self, term, t_value, s_value, y, sample_weight):
+        call = getattr(term, "call", None)
+        if callable(call) and hasattr(term, "compute_loss") and _is_kdkeras(term):
+            return reduce_per_sample(call(t_value, s_value, y=y), sample_weight)
+        # A keras.distillation term: already a batch mean, no sample weights.
+        value = term.compute_loss(t_value, s_value)
+        if len(value.shape) > 0:
+            raise ValueError(
+                f"Expected {type(term).__name__}.compute_loss to return a scalar. "
+                f"Received a value of shape {tuple(value.shape)}"
+            )
+        return ops.cast(value, "float32")
+
+    def _objective(self, x, y, sample_weight, targets, y_pred, s_features):
+        """Returns `(total, ground_truth, [term values])`, replica-scaled."""
+        ground_truth = None
+        if y is not None and self._compile_loss is not None:
+            ground_truth = ops.cast(
+                self._compile_loss(y, y_pred, sample_weight), "float32"
+            )
+        elif y is None and self.student_loss_weight >= 1.0:
+            raise ValueError(
+                "Batches without labels leave nothing to train with "
+                "student_loss_weight=1.0. Received: a batch with x only"
+            )
+        terms = []
+        for j, term in enumerate(self.distillation_losses):
+            t_value, s_value = self._term_inputs(j, term, targets, y_pred, s_features)
+            value = self._term_value(term, t_value, s_value, y, sample_weight)
+            terms.append(_scale_for_replicas(value))
+        total = ops.zeros((), "float32")
+        if ground_truth is not None:
+            total = total + self.student_loss_weight * ground_truth
+        distill = sum(
+            w * v for w, v in zip(self.distillation_loss_weights, terms)
+        )
+        total = total + (1.0 - self.student_loss_weight) * distill
+        regularization = [ops.sum(ops.cast(l, "float32")) for l in self.student.losses]
+        if regularization:
+            total = total + _scale_for_replicas(ops.sum(regularization))
+        return total, ground_truth, terms
+
+    def _agreement(self, targets, y_pred, sample_weight):
+        outs = targets["outputs"]
+        if any(isinstance(o, (list, tuple, dict)) for o in outs) or isinstance(
+            y_pred, (list, tuple, dict)
+        ):
+            return None
+        if len(y_pred.shape) < 2 or y_pred.shape[-1] in (None, 1):
+            return None
+        teacher_out = (
+            outs[0] if len(outs) == 1 else ensemble_logits(outs, self._teacher_weight_list())
+        )
+        equal = ops.cast(
+            ops.equal(ops.argmax(teacher_out, axis=-1), ops.argmax(y_pred, axis=-1)),
+            "float32",
+        )
+        return reduce_per_sample(equal, sample_weight)
+
+    def _update_trackers(self, x, total, ground_truth, terms, agreement):
+        import tensorflow as tf
+
+        batch = tf.shape(keras.tree.flatten(x)[0])[0]
+        self._loss_tracker.update_state(_unscale_for_replicas(total), sample_weight=batch)
+        if ground_truth is not None:
+            self._student_loss_tracker.update_state(
+                _unscale_for_replicas(ground_truth), sample_weight=batch
+            )
+        for tracker, value in zip(self._term_trackers, terms):
+            tracker.update_state(_unscale_for_replicas(value), sample_weight=batch)
+        if agreement is not None:
+            self._agreement_tracker.update_state(agreement, sample_weight=batch)
+
+    def _step(self, data, training):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, cached = cache_lib.unpack(x)
+        targets = cached if cached is not None else self._teacher_targets(x)
+        if training:
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                y_pred, s_features = self._student_forward(x, training=True)
+                total, ground_truth, terms = self._objective(
+                    x, y, sample_weight, targets, y_pred, s_features
+                )
+                scaled = self.optimizer.scale_loss(total)
+            variables = self.trainable_variables
+            gradients = tape.gradient(scaled, variables)
+            self.optimizer.apply_gradients(zip(gradients, variables))
+        else:
+            y_pred, s_features = self._student_forward(x, training=False)
+            total, ground_truth, terms = self._objective(
+                x, y, sample_weight, targets, y_pred, s_features
+            )
+        agreement = self._agreement(targets, y_pred, sample_weight)
+        self._update_trackers(x, total, ground_truth, terms, agreement)
+        if y is not None:
+            return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        # Unlabeled batches: leave out the metrics that need labels.
+        trackers = [self._loss_tracker, self._agreement_tracker, *self._term_trackers]
+        return {tracker.name: tracker.result() for tracker in trackers}
+
+    def train_step(self, data):
+        return self._step(data, training=True)
+
+    def test_step(self, data):
+        return self._step(data, training=False)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The student's ground-truth loss alone (used to build loss state).
+
+        The full distillation loss needs the teacher's targets and is formed
+        in `train_step` / `test_step`.
+        """
+        if y is None or self._compile_loss is None:
+            return ops.zeros(())
+        return self._compile_loss(y, y_pred, sample_weight)
+
+    # ------------------------------------------------------------- caching
+
+    def cache_teacher_outputs(self, x, batch_size=256):
+        """Computes the teacher's targets once, to reuse every epoch.
+
+        Online distillation runs the teacher on every batch of every epoch.
+        When the inputs are the same every epoch, its outputs are too: this
+        computes them once. Pass the result to `fit` in place of `x`.
+
+        - NumPy arrays (or a dict/list of them): returns an input structure
+          holding `x` and the teacher's targets per sample, so
+          `fit(cached, y, shuffle=True)` stays correct: targets travel with
+          their samples.
+        - A `tf.data.Dataset` of `(x,)`, `(x, y)` or `(x, y, sample_weight)`
+          batches: returns a dataset whose batches carry the targets. Refused
+          (ValueError) when the dataset shuffles or draws random numbers
+          (augmentation): its batches would differ between epochs. Shuffle
+          arrays instead, or keep the teacher online.
+
+        Args:
+            x: NumPy inputs or a batched, deterministic `tf.data.Dataset`.
+            batch_size: batch size for running the teacher on arrays.
+                Defaults to 256.
+
+        Returns:
+            The cached inputs or dataset, to pass to `fit` / `evaluate`.
+        """
+        return cache_lib.cache_teacher_outputs(self, x, batch_size=batch_size)
+
+    # ------------------------------------------------------- serialization
+
+    def get_config(self):
+        serialize = keras.saving.serialize_keras_object
+        teacher = (
+            [serialize(t) for t in self._teachers]
+            if isinstance(self.teacher, (list, tuple))
+            else serialize(self.teacher)
+        )
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "teacher": teacher,
+            "student": serialize(self.student),
+            "distillation_losses": [serialize(t) for t in self.distillation_losses],
+            "distillation_loss_weights": list(self.distillation_loss_weights),
+            "student_loss_weight": self.student_loss_weight,
+            "teacher_weights": None
+            if self.teacher_weights is None
+            else list(self.teacher_weights),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        deserialize = lambda c: keras.saving.deserialize_keras_object(
+            c, custom_objects=custom_objects
+        )
+        teacher = config.pop("teacher")
+        config["teacher"] = (
+            [deserialize(t) for t in teacher]
+            if isinstance(teacher, list)
+            else deserialize(teacher)
+        )
+        config["student"] = deserialize(config.pop("student"))
+        config["distillation_losses"] = [
+            deserialize(t) for t in config.pop("distillation_losses")
+        ]
+        return cls(**config)
+
+
+def _is_kdkeras(term):
+    from kdkeras.losses.base import DistillationLoss
+
+    return isinstance(term, DistillationLoss)

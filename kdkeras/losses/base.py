@@ -1,0 +1,92 @@
+"""The base class of every kdkeras distillation term, and its reduction."""
+
+import keras
+from keras import ops
+
+try:  # keras >= 3.12
+    from keras.distillation import DistillationLoss as _KerasDistillationLoss
+except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin
+    _KerasDistillationLoss = object
+
+
+def reduce_per_sample(values, sample_weight=None):
+    """Weighted mean of per-sample loss values, as Keras's losses reduce them.
+
+    Matches `reduction="sum_over_batch_size"`: `sum(values * sample_weight)`
+    divided by the number of elements of `values` (not by the sum of the
+    weights), so that a padding mask down-weights padded positions and a
+    batch split across replicas sums back to the single-device value.
+
+    Args:
+        values: per-sample loss values, shape `(batch, ...)`.
+        sample_weight: `None`, or weights broadcastable to `values` after
+            trailing axes are added or size-1 trailing axes are dropped
+            (`(batch,)`, `(batch, 1)` or `values.shape`).
+
+    Returns:
+        A float32 scalar.
+    """
+    values = ops.cast(values, "float32")
+    if sample_weight is not None:
+        sample_weight = ops.cast(sample_weight, "float32")
+        while len(sample_weight.shape) > len(values.shape):
+            sample_weight = ops.squeeze(sample_weight, axis=-1)
+        while len(sample_weight.shape) < len(values.shape):
+            sample_weight = ops.expand_dims(sample_weight, axis=-1)
+        values = values * sample_weight
+    count = ops.cast(ops.size(values), "float32")
+    return ops.divide_no_nan(ops.sum(values), count)
+
+
+class DistillationLoss(_KerasDistillationLoss):
+    """Base class of a kdkeras distillation term.
+
+    A term compares the teacher's outputs (or tapped features) with the
+    student's. Subclasses implement `call(teacher_outputs, student_outputs,
+    y=None)` returning per-sample values of shape `(batch, ...)`; the
+    `Distiller` weights them by `sample_weight` and reduces them, so every
+    term honours sample weights and padding masks for free. `compute_loss`
+    keeps the signature of `keras.distillation.DistillationLoss`, so a
+    kdkeras term also works inside `keras.distillation.Distiller`.
+
+    Terms that read intermediate layers set `teacher_layer_name` and
+    `student_layer_name`; output terms leave both `None`.
+
+    Args:
+        name: the name under which the term is logged during `fit`.
+            Defaults to the snake-case class name plus `"_loss"`.
+    """
+
+    teacher_layer_name = None
+    student_layer_name = None
+
+    def __init__(self, name=None):
+        if name is not None and not isinstance(name, str):
+            raise TypeError(
+                f"Expected `name` to be a string or None. Received: name={name!r}"
+            )
+        self.name = name
+
+    def call(self, teacher_outputs, student_outputs, y=None):
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement "
+            "`call(teacher_outputs, student_outputs, y=None)`."
+        )
+
+    def compute_loss(
+        self, teacher_outputs, student_outputs, sample_weight=None, y=None, **kwargs
+    ):
+        """Returns the weighted mean of `call(...)` as a float32 scalar."""
+        return reduce_per_sample(
+            self.call(teacher_outputs, student_outputs, y=y), sample_weight
+        )
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        keras.tree.assert_same_structure(teacher_outputs, student_outputs)
+
+    def get_config(self):
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
