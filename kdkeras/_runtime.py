@@ -1,0 +1,304 @@
+"""Running an exported artifact (or a Keras model) on NumPy arrays.
+
+One small runner per format, each with `run(inputs) -> list of arrays`, so
+that the parity gate, the quantization report and the benchmark all call
+models the same way. Optional packages are imported here, lazily.
+"""
+
+import os
+
+import numpy as np
+
+EXPORT_EXTRA_HINT = "Install it with `pip install 'kdkeras[export]'`."
+
+
+def require(module_name):
+    """Imports an optional module of the `export` extra, with an install hint."""
+    import importlib
+
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(
+            f"This feature needs the `{module_name.split('.')[0]}` package. "
+            f"{EXPORT_EXTRA_HINT}"
+        ) from e
+
+
+def detect_format(path):
+    """Returns `"onnx"`, `"tflite"`, `"keras"` or `"saved_model"` for a path."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "saved_model.pb")):
+            return "saved_model"
+        raise ValueError(
+            "Expected a SavedModel folder (with saved_model.pb). "
+            f"Received: path={path!r}"
+        )
+    ext = os.path.splitext(path)[1].lower()
+    formats = {".onnx": "onnx", ".tflite": "tflite", ".keras": "keras"}
+    if ext not in formats:
+        raise ValueError(
+            "Expected a model file ending in .onnx, .tflite or .keras, or a "
+            f"SavedModel folder. Received: path={path!r}"
+        )
+    return formats[ext]
+
+
+def as_input_list(inputs):
+    """A single array or a list/tuple of arrays, as a list of arrays."""
+    if isinstance(inputs, (list, tuple)):
+        return [np.asarray(x) for x in inputs]
+    return [np.asarray(inputs)]
+
+
+def take(inputs, start, stop):
+    return [x[start:stop] for x in inputs]
+
+
+def default_threads():
+    return os.cpu_count() or 1
+
+
+def onnx_session_options(threads=None):
+    """onnxruntime `SessionOptions` with every setting that matters set."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = int(threads or default_threads())
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+def describe_session_options(options):
+    return {
+        "graph_optimization_level": str(options.graph_optimization_level).split(
+            "."
+        )[-1],
+        "execution_mode": str(options.execution_mode).split(".")[-1],
+        "intra_op_num_threads": options.intra_op_num_threads,
+        "inter_op_num_threads": options.inter_op_num_threads,
+        "providers": ["CPUExecutionProvider"],
+    }
+
+
+class OnnxRunner:
+    kind = "onnx"
+
+    def __init__(self, path, threads=None):
+        ort = require("onnxruntime")
+        self.path = os.fspath(path)
+        self.options = onnx_session_options(threads)
+        self.session = ort.InferenceSession(
+            self.path, self.options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._dtypes = [
+            _ORT_DTYPES.get(i.type, "float32") for i in self.session.get_inputs()
+        ]
+
+    def run(self, inputs):
+        feed = {
+            name: np.asarray(x, dtype=dtype)
+            for name, x, dtype in zip(self.input_names, inputs, self._dtypes)
+        }
+        return self.session.run(None, feed)
+
+    def settings(self):
+        return describe_session_options(self.options)
+
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(bool)": "bool",
+}
+
+
+class TFLiteRunner:
+    kind = "tflite"
+
+    def __init__(self, path, threads=None):
+        import tensorflow as tf
+
+        self.path = os.fspath(path)
+        self.threads = int(threads or default_threads())
+        self.interpreter = tf.lite.Interpreter(
+            model_path=self.path, num_threads=self.threads
+        )
+        self.interpreter.allocate_tensors()
+        self._inputs = self.interpreter.get_input_details()
+        self._outputs = self.interpreter.get_output_details()
+        self.input_names = [d["name"] for d in self._inputs]
+        self.output_names = [d["name"] for d in self._outputs]
+        self._shapes = [tuple(d["shape"]) for d in self._inputs]
+
+    def run(self, inputs):
+        shapes = [tuple(np.shape(x)) for x in inputs]
+        if shapes != self._shapes:
+            # LiteRT keeps one allocation per shape: resize only on change.
+            for detail, shape in zip(self._inputs, shapes):
+                self.interpreter.resize_tensor_input(
+                    detail["index"], shape, strict=False
+                )
+            self.interpreter.allocate_tensors()
+            self._shapes = shapes
+        for detail, x in zip(self._inputs, inputs):
+            self.interpreter.set_tensor(
+                detail["index"], np.asarray(x, dtype=detail["dtype"])
+            )
+        self.interpreter.invoke()
+        return [
+            self.interpreter.get_tensor(d["index"]).copy() for d in self._outputs
+        ]
+
+    def settings(self):
+        return {"num_threads": self.threads}
+
+
+class KerasRunner:
+    """A Keras model behind a `tf.function`-compiled call.
+
+    Never `model.predict`: its per-call overhead (tens of milliseconds)
+    swamps batch-1 latency and hides real differences between models.
+    """
+
+    kind = "keras"
+
+    def __init__(self, model, path=None, jit_compile=False):
+        import tensorflow as tf
+
+        self.model = model
+        self.path = None if path is None else os.fspath(path)
+        self.jit_compile = jit_compile
+        try:
+            inputs = model.inputs
+        except (AttributeError, ValueError):
+            inputs = None
+        if inputs:
+            specs = [
+                tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype)
+                for t in inputs
+            ]
+            self._dtypes = [s.dtype.as_numpy_dtype for s in specs]
+            self.input_names = [
+                getattr(t, "name", None) or f"input_{i}"
+                for i, t in enumerate(inputs)
+            ]
+        else:
+            # A subclassed model: traced once per new input shape.
+            specs = None
+            self._dtypes = None
+            self.input_names = None
+
+        def call(*xs):
+            outputs = model(xs[0] if len(xs) == 1 else list(xs), training=False)
+            return tf.nest.flatten(outputs)
+
+        self._fn = tf.function(
+            call,
+            input_signature=specs,
+            jit_compile=jit_compile,
+            reduce_retracing=True,
+        )
+
+    def run(self, inputs):
+        dtypes = self._dtypes or [None] * len(inputs)
+        outputs = self._fn(
+            *[np.asarray(x, dtype=d) for x, d in zip(inputs, dtypes)]
+        )
+        return [o.numpy() for o in outputs]
+
+    def settings(self):
+        import tensorflow as tf
+
+        return {
+            "call": "tf.function",
+            "jit_compile": self.jit_compile,
+            "intra_op_parallelism_threads": (
+                tf.config.threading.get_intra_op_parallelism_threads()
+            ),
+            "inter_op_parallelism_threads": (
+                tf.config.threading.get_inter_op_parallelism_threads()
+            ),
+        }
+
+
+class SavedModelRunner:
+    kind = "saved_model"
+
+    def __init__(self, path, threads=None):
+        import tensorflow as tf
+
+        self.path = os.fspath(path)
+        self.obj = tf.saved_model.load(self.path)
+        self._tf = tf
+
+    def run(self, inputs):
+        tf = self._tf
+        args = [tf.constant(x) for x in inputs]
+        outputs = self.obj.serve(args[0] if len(args) == 1 else args)
+        return [o.numpy() for o in tf.nest.flatten(outputs)]
+
+    def settings(self):
+        return {}
+
+
+def load_keras(path):
+    """Loads a `.keras` file with a clear error for a file that is no model."""
+    import keras
+
+    try:
+        return keras.models.load_model(os.fspath(path), compile=False)
+    except Exception as e:  # noqa: BLE001 - any failure means "not a model"
+        raise ValueError(
+            "Expected a Keras model file (.keras) that `keras.models."
+            f"load_model` can read ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}). Received: path={path!r}"
+        ) from e
+
+
+def load_runner(model, threads=None):
+    """Returns a runner for a path (.onnx, .tflite, .keras, SavedModel) or a
+    Keras model."""
+    if not isinstance(model, (str, os.PathLike)):
+        return KerasRunner(model)
+    path = os.fspath(model)
+    if not os.path.exists(path):
+        raise ValueError(f"Expected an existing model file. Received: path={path!r}")
+    fmt = detect_format(path)
+    if fmt == "keras":
+        return KerasRunner(load_keras(path), path=path)
+    try:
+        if fmt == "onnx":
+            return OnnxRunner(path, threads)
+        if fmt == "tflite":
+            return TFLiteRunner(path, threads)
+        return SavedModelRunner(path, threads)
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure means "not a model"
+        raise ValueError(
+            f"Expected a loadable {fmt} model ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}). Received: path={path!r}"
+        ) from e
+
+
+def run_batched(runner, inputs, batch_size):
+    """Runs `runner` over `inputs` in chunks; concatenates each output."""
+    n = len(inputs[0])
+    chunks = [
+        runner.run(take(inputs, i, min(i + batch_size, n)))
+        for i in range(0, n, batch_size)
+    ]
+    return [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
