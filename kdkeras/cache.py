@@ -111,7 +111,9 @@ def cache_teacher_outputs(distiller, x, batch_size=256):
         )
     batches = []
     for start in range(0, n, batch_size):
-        chunk = keras.tree.map_structure(lambda v: v[start : start + batch_size], x)
+        chunk = keras.tree.map_structure(
+            lambda v: tf.convert_to_tensor(v[start : start + batch_size]), x
+        )
         batches.append(_numpy_tree(compute(chunk)))
     return {INPUTS_KEY: x, TARGETS_KEY: _concat_batches(batches)}
 

@@ -250,6 +250,8 @@ class Distiller(keras.Model):
         self._student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self._term_trackers = [keras.metrics.Mean(name=n) for n in names]
         self._agreement_tracker = keras.metrics.Mean(name="teacher_agreement")
+        if student.built and all(t.built for t in teachers):
+            self.built = True
 
     # ------------------------------------------------------------ set-up
 
@@ -337,8 +339,9 @@ class Distiller(keras.Model):
                     if layer is not None:
                         features[str(j)] = store[id(layer)]
         stop = lambda v: ops.stop_gradient(v)
+        # A tuple, not a list: tf.data would turn a list into one tensor.
         return {
-            "outputs": keras.tree.map_structure(stop, outputs),
+            "outputs": keras.tree.map_structure(stop, tuple(outputs)),
             "features": keras.tree.map_structure(stop, features),
         }
 

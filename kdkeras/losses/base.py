@@ -57,6 +57,7 @@ class DistillationLoss(_KerasDistillationLoss):
             Defaults to the snake-case class name plus `"_loss"`.
     """
 
+    name = None
     teacher_layer_name = None
     student_layer_name = None
 
