@@ -1,0 +1,217 @@
+"""Callbacks for long distillation runs: stop on NaN, back up and resume.
+
+`TerminateOnNonFinite` stops training with an error that names the epoch and
+step where a loss became NaN or Inf (and the terms that did), instead of
+leaving a NaN model behind; `Distiller.fit` adds it unless one is given.
+`BackupAndRestore` is `keras.callbacks.BackupAndRestore` with atomic backups:
+a crash while a backup is written leaves the previous one usable.
+"""
+
+import json
+import math
+import os
+
+import keras
+
+from kdkeras._io import atomic_path
+from kdkeras._io import atomic_write_text
+
+
+def _as_float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class TerminateOnNonFinite(keras.callbacks.Callback):
+    """Stops training with an error when a logged loss becomes NaN or Inf.
+
+    Checks every training step's logs (`loss`, `student_loss`, each
+    distillation term) and raises a `FloatingPointError` naming the epoch,
+    the step and the non-finite entries, with a hint at the likely cause:
+    NaN/Inf in the inputs, in the teacher's (or cached) outputs, or a loss
+    that diverged. Raising, rather than setting `model.stop_training`, keeps
+    the last good backup of `BackupAndRestore` on disk.
+
+    A run whose first epoch yields no batch at all (an empty dataset of
+    unknown size) raises a `ValueError` instead of "training" on nothing.
+
+    `kdkeras.Distiller.fit` adds this callback unless the callbacks given
+    already hold one (or a `keras.callbacks.TerminateOnNaN`).
+
+    Example:
+
+    ```python
+    model.fit(x, y, callbacks=[kdkeras.callbacks.TerminateOnNonFinite()])
+    ```
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+        self._steps_seen = 0
+
+    def on_train_begin(self, logs=None):
+        self._steps_seen = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps_seen += 1
+        if not logs:
+            return
+        values = {k: _as_float(v) for k, v in logs.items()}
+        values = {k: v for k, v in values.items() if v is not None}
+        bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+        if not bad:
+            return
+        shown = ", ".join(f"{k}={values[k]}" for k in sorted(values))
+        raise FloatingPointError(
+            f"Expected finite losses. Received non-finite {', '.join(bad)} at "
+            f"epoch {self._epoch + 1}, step {batch + 1} ({shown}). "
+            f"{_hint(values, bad)}"
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._steps_seen == 0:
+            raise ValueError(
+                "Expected a non-empty dataset. Received: data that yielded no "
+                f"batch in epoch {epoch + 1}, so nothing was trained"
+            )
+
+    def get_config(self):
+        return {}
+
+
+def _hint(values, bad):
+    terms = [k for k in values if k.endswith("_loss") and k != "student_loss"]
+    student_ok = "student_loss" in values and math.isfinite(values["student_loss"])
+    if student_ok and any(k in bad for k in terms):
+        return (
+            "The ground-truth loss is finite but a distillation term is not: "
+            "the teacher's outputs (or the cached teacher outputs) hold NaN or "
+            "Inf for this batch, or a term overflowed (try a lower temperature)."
+        )
+    return (
+        "Check this batch's inputs for NaN or Inf (kdkeras.checks.check_finite), "
+        "and lower the learning rate if the loss diverged."
+    )
+
+
+def _worker_suffix(model):
+    """A folder per worker under a multi-worker strategy, None otherwise."""
+    from kdkeras import _multiworker
+
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None or not _multiworker._is_multi_worker(strategy):
+        return None
+    return f"worker-{strategy.cluster_resolver.task_id}"
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose backups are written atomically.
+
+    Backs up the training state (model and optimizer variables, epoch) at the
+    end of every epoch and, when `fit` is run again after a crash, restores it
+    and resumes from the last completed epoch. With deterministic ops
+    (`tf.config.experimental.enable_op_determinism()`), a fixed seed and
+    unshuffled data (or a dataset whose order does not depend on the epoch
+    count), the resumed run ends with the same weights as an uninterrupted
+    one.
+
+    Keras writes the weights and then the epoch number in place: a crash
+    between the two, or during the first, leaves a backup that does not load,
+    or one whose weights are an epoch ahead of its epoch number. Here each
+    backup's weights go to a new file, and a small JSON file naming that file
+    and its epoch is replaced atomically last: the rename is the commit, and
+    a crash at any point leaves the previous backup whole.
+
+    Under `tf.distribute.MultiWorkerMirroredStrategy` each worker keeps its
+    backup in `backup_dir/worker-<index>`, so workers sharing a file system do
+    not overwrite each other.
+
+    Args:
+        backup_dir: folder for the backup; use it for nothing else.
+        save_freq: `"epoch"` or a number of batches. Resuming is exact only
+            with `"epoch"`: a backup taken mid-epoch resumes at the start of
+            that epoch. Defaults to `"epoch"`.
+        double_checkpoint: keep the previous backup's weights too. Defaults
+            to `False`.
+        delete_checkpoint: remove the backup once `fit` completes. Defaults
+            to `True`.
+
+    Example:
+
+    ```python
+    backup = kdkeras.callbacks.BackupAndRestore("runs/kd/backup")
+    distiller.fit(x, y, epochs=30, callbacks=[backup])  # rerun after a crash
+    ```
+    """
+
+    _STATE = "training_state.json"
+
+    def _folder(self):
+        suffix = _worker_suffix(self.model) if self.model is not None else None
+        return os.path.join(self.backup_dir, suffix) if suffix else self.backup_dir
+
+    def _state_path(self):
+        return os.path.join(self._folder(), self._STATE)
+
+    def _read_state(self):
+        path = self._state_path()
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def on_train_begin(self, logs=None):
+        try:
+            self._load_model()
+        except OSError:
+            # Only a file damaged after it was written gets here (a backup is
+            # never half-written); fall back to the previous backup if kept.
+            state = self._read_state() or {}
+            if not state.get("previous"):
+                raise
+            self._load_model(state["previous"])
+
+    def _load_model(self, state=None):
+        if not self.model.built:
+            raise ValueError(
+                "Expected a built model for BackupAndRestore: call it on a batch "
+                f"of data before fit(). Received: an unbuilt model {self.model.name!r}"
+            )
+        state = self._read_state() if state is None else state
+        if state is None:
+            return
+        weights = os.path.join(self._folder(), state["weights"])
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            # The optimizer's variables must exist to receive their values.
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(weights)
+        self.model._initial_epoch = int(state["epoch"])
+
+    def _save_model(self):
+        folder = self._folder()
+        os.makedirs(folder, exist_ok=True)
+        previous = self._read_state()
+        name = f"epoch-{self._current_epoch}-batch-{self._last_batch_seen}.weights.h5"
+        with atomic_path(os.path.join(folder, name), suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+        state = {
+            "epoch": self._current_epoch,
+            "batch": self._last_batch_seen,
+            "weights": name,
+        }
+        if self.double_checkpoint and previous is not None:
+            state["previous"] = {k: previous[k] for k in ("epoch", "batch", "weights")}
+        # The commit point: until this rename, the previous state stands.
+        atomic_write_text(self._state_path(), json.dumps(state))
+        keep = {name}
+        if self.double_checkpoint and previous is not None:
+            keep.add(previous["weights"])
+        for entry in os.listdir(folder):
+            if entry.endswith(".weights.h5") and entry not in keep and not entry.startswith("."):
+                os.remove(os.path.join(folder, entry))
