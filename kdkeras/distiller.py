@@ -5,8 +5,10 @@ import math
 import keras
 from keras import ops
 
+from kdkeras import _multiworker
 from kdkeras import adapters as adapters_lib
 from kdkeras import cache as cache_lib
+from kdkeras import checks
 from kdkeras import taps
 from kdkeras.losses.base import reduce_per_sample
 from kdkeras.losses.logits import ensemble_logits
@@ -233,6 +235,8 @@ class Distiller(keras.Model):
         self._teachers = teachers
         for t in teachers:
             t.trainable = False
+        # fit() fails under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+        _multiworker.enable_for_current_strategy()
 
         self._resolve_taps()
         self._check_output_shapes()
@@ -299,6 +303,16 @@ class Distiller(keras.Model):
                     f"{t.name!r} outputs {t_shapes}, student {self.student.name!r} "
                     f"outputs {s_shapes}"
                 )
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, after checking array data (`kdkeras.checks`).
+
+        Empty data, NaN/Inf in inputs or cached teacher outputs and labels
+        outside the student's classes raise a `ValueError` before training;
+        a loss that turns NaN/Inf later stops training with an error naming
+        the step (`kdkeras.callbacks.TerminateOnNonFinite`).
+        """
+        return checks.fit_with_checks(super().fit, self, *args, **kwargs)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Configures training, with the signature of `keras.Model.compile`.
