@@ -82,6 +82,8 @@ def main(argv=None):
     for mode in ("online", "cached"):
         with strategy.scope():
             distiller = _distiller()
+        if mode == "online":
+            np.save(os.path.join(args.out, f"initial_{index}.npy"), _flat(distiller.student))
         inputs = distiller.cache_teacher_outputs(x) if mode == "cached" else x
         history = distiller.fit(
             inputs, y, batch_size=GLOBAL_BATCH, epochs=EPOCHS, shuffle=False, verbose=0
