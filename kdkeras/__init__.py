@@ -4,8 +4,11 @@
 `DistillationLoss` are drop-ins for the names of `keras.distillation`.
 """
 
+from kdkeras import callbacks
+from kdkeras import checks
 from kdkeras import datasets
 from kdkeras import losses
+from kdkeras._multiworker import enable_multi_worker_fit
 from kdkeras.distiller import Distiller
 from kdkeras.losses import DIST
 from kdkeras.losses import DKD
@@ -24,7 +27,10 @@ __all__ = sorted(
         "FeatureDistillation",
         "LogitsDistillation",
         "__version__",
+        "callbacks",
+        "checks",
         "datasets",
+        "enable_multi_worker_fit",
         "losses",
     ]
 )
