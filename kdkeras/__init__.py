@@ -2,45 +2,50 @@
 
 `Distiller`, `LogitsDistillation`, `FeatureDistillation` and
 `DistillationLoss` are drop-ins for the names of `keras.distillation`.
+
+Public names are imported on first use, so `import kdkeras` (and the
+`kdkeras` command's start-up) does not load TensorFlow until it is needed.
+To add a public name, add it to `_EXPORTS` (name -> module).
 """
 
-from kdkeras import callbacks
-from kdkeras import checks
-from kdkeras import datasets
-from kdkeras import losses
-from kdkeras._multiworker import enable_multi_worker_fit
-from kdkeras.distiller import Distiller
-from kdkeras.losses import AttentionTransfer
-from kdkeras.losses import DIST
-from kdkeras.losses import DKD
-from kdkeras.losses import DistillationLoss
-from kdkeras.losses import FeatureDistillation
-from kdkeras.losses import LogitsDistillation
-from kdkeras.losses import PKT
-from kdkeras.losses import RKD
-from kdkeras.losses import SimilarityPreserving
-from kdkeras.taps import propose_layer_pairs
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = sorted(
-    [
-        "AttentionTransfer",
-        "DIST",
-        "DKD",
-        "DistillationLoss",
-        "Distiller",
-        "FeatureDistillation",
-        "LogitsDistillation",
-        "PKT",
-        "RKD",
-        "SimilarityPreserving",
-        "__version__",
-        "callbacks",
-        "checks",
-        "datasets",
-        "enable_multi_worker_fit",
-        "losses",
-        "propose_layer_pairs",
-    ]
-)
+# Public name -> module that defines it (a module itself when equal).
+_EXPORTS = {
+    "AttentionTransfer": "kdkeras.losses",
+    "DIST": "kdkeras.losses",
+    "DKD": "kdkeras.losses",
+    "DistillationLoss": "kdkeras.losses",
+    "Distiller": "kdkeras.distiller",
+    "FeatureDistillation": "kdkeras.losses",
+    "LogitsDistillation": "kdkeras.losses",
+    "PKT": "kdkeras.losses",
+    "RKD": "kdkeras.losses",
+    "SimilarityPreserving": "kdkeras.losses",
+    "callbacks": "kdkeras.callbacks",
+    "checks": "kdkeras.checks",
+    "datasets": "kdkeras.datasets",
+    "enable_multi_worker_fit": "kdkeras._multiworker",
+    "losses": "kdkeras.losses",
+    "propose_layer_pairs": "kdkeras.taps",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name):
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'kdkeras' has no attribute {name!r}")
+    if module_name == f"kdkeras.{name}":
+        value = importlib.import_module(module_name)
+    else:
+        value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,53 @@
+"""The demo command and the output-distillation recipe, run as a user would."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_demo_smoke_writes_table_and_a_plain_keras_student(tmp_path):
+    out = tmp_path / "demo"
+    result = _run(["-m", "kdkeras.cli", "demo", "--smoke", "--no-deploy", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| student (distilled) |" in result.stdout
+    rows = json.loads((out / "distillation.json").read_text())
+    assert [r["model"] for r in rows] == ["teacher", "student (scratch)", "student (distilled)"]
+    assert rows[0]["params"] > 50 * rows[2]["params"]
+    for row in rows:
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+    assert rows[0]["teacher_agreement"] == 1.0
+    assert "| model | params |" in (out / "distillation.md").read_text()
+    student = keras.saving.load_model(out / "student.keras")
+    assert student.count_params() == rows[2]["params"]
+    x = np.zeros((2, 28, 28, 1), "float32")
+    assert student(x).shape == (2, 10)
+
+
+def test_demo_bad_argument_is_one_line_and_nonzero(tmp_path):
+    result = _run(["-m", "kdkeras.cli", "demo", "--epochs", "0", "--out", str(tmp_path)])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["kdkeras: error: Expected --epochs >= 1. Received: 0"]
+    result = _run(["-m", "kdkeras.cli", "demo", "--data", "cifar", "--out", str(tmp_path)])
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Received: name='cifar'" in result.stderr
+
+
+def test_output_kd_recipe_smoke():
+    result = _run(["recipes/output_kd.py", "--smoke", "--seeds", "2"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "gap closed" in result.stdout
+    assert "| student (distilled) | 20,042 |" in result.stdout
