@@ -299,9 +299,9 @@ def propose_layer_pairs(teacher, student, n=3, verbose=True):
     vectors `(batch, units)`; among them, the ends of stages (the last layer
     before the spatial size changes, and the last vector before the output)
     are preferred, as FitNets, AT and CRD tap them. Student stage ends are
-    paired with the teacher stage end closest in relative depth (position
-    in the forward pass, from 0 to 1), preferring the same kind of feature
-    (image or vector).
+    paired with the teacher stage end closest in relative depth (the share
+    of the candidate layers run once the layer's output exists, in (0, 1]),
+    preferring the same kind of feature (image or vector).
 
     Args:
         teacher: the teacher model (built).
@@ -336,7 +336,8 @@ def propose_layer_pairs(teacher, student, n=3, verbose=True):
         return []
 
     def depth(index, total):
-        return index / max(total - 1, 1)
+        # The share of the candidates computed once this layer's output exists.
+        return (index + 1) / total
 
     t_ends = _stage_ends(t_cands) or list(range(len(t_cands)))
     s_ends = _stage_ends(s_cands) or list(range(len(s_cands)))
