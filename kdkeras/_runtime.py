@@ -302,3 +302,28 @@ def run_batched(runner, inputs, batch_size):
         for i in range(0, n, batch_size)
     ]
     return [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
+
+
+def interleaved_timings(runners, inputs, *, calls=20, repeats=5, warmup=3):
+    """Per-call wall times (seconds) for each runner, interleaved.
+
+    Each of `repeats` rounds runs every runner `calls` times in turn, so that
+    a slow patch of the machine (other jobs, frequency changes) is shared
+    by all the models instead of landing on one of them.
+
+    Returns:
+        A list (one per runner) of 1-D arrays of `repeats * calls` times.
+    """
+    import time
+
+    for runner in runners:
+        for _ in range(warmup):
+            runner.run(inputs)
+    times = [[] for _ in runners]
+    for _ in range(repeats):
+        for i, runner in enumerate(runners):
+            for _ in range(calls):
+                start = time.perf_counter()
+                runner.run(inputs)
+                times[i].append(time.perf_counter() - start)
+    return [np.asarray(t) for t in times]

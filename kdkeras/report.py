@@ -1,0 +1,160 @@
+"""Markdown report and plot of benchmark results.
+
+`write_report(results, out_dir)` writes `report.md` (the table, the
+runtime settings, the parity figures, the command) and `bench.png`
+(accuracy against batch-1 latency, marker area proportional to file size).
+matplotlib is imported lazily (the `plot` extra).
+"""
+
+import io
+import json
+import os
+
+from kdkeras._io import atomic_write_bytes
+from kdkeras._io import atomic_write_text
+
+PLOT_EXTRA_HINT = "Install it with `pip install 'kdkeras[plot]'`."
+
+
+def plot(results, path, title=None):
+    """Writes a PNG: accuracy (or agreement) vs batch-1 p50 latency.
+
+    Marker area is proportional to file size. Returns `path`.
+    """
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(
+            f"Plots need the `matplotlib` package. {PLOT_EXTRA_HINT}"
+        ) from e
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    use_acc = all(r.get("accuracy") is not None for r in results)
+    metric = "accuracy" if use_acc else "agreement"
+    sizes = [r.get("file_size_bytes") or 0 for r in results]
+    biggest = max(sizes) or 1
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for r, size in zip(results, sizes):
+        area = 40 + 1200 * size / biggest
+        ax.scatter(
+            r["latency_ms"]["p50"], r[metric], s=area, alpha=0.6, edgecolors="k"
+        )
+        label = r["name"]
+        if size:
+            label += f" ({size / 1024:,.0f} KB)"
+        ax.annotate(
+            label,
+            (r["latency_ms"]["p50"], r[metric]),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency p50 (ms, log scale)")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} vs latency (marker area: file size)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return os.fspath(path)
+
+
+def _settings_lines(results):
+    lines = []
+    for r in results:
+        settings = ", ".join(f"{k}={v}" for k, v in r.get("settings", {}).items())
+        lines.append(f"- `{r['name']}` ({r['kind']}): {settings}")
+    return lines
+
+
+def markdown(results, *, title="Benchmark", command=None, ratios=None,
+             manifests=None, plot_name=None):
+    """The report as a Markdown string."""
+    from kdkeras.bench import format_table
+
+    first = results[0] if results else {}
+    parts = [f"# {title}", ""]
+    if command:
+        parts += ["Command:", "", "```", command, "```", ""]
+    parts += [
+        f"{first.get('num_samples', '?')} samples; batch-1 latency over "
+        f"{first.get('timed_calls', '?')} interleaved calls per model; "
+        f"throughput at batch {first.get('batch_size', '?')}; agreement is "
+        f"argmax agreement with `{first.get('reference', '?')}`.",
+        "",
+        format_table(results, markdown=True),
+        "",
+    ]
+    if plot_name:
+        parts += [f"![accuracy vs latency]({plot_name})", ""]
+    if ratios:
+        parts += ["## Ratios", ""]
+        parts += [f"- {k}: {v:.3f}" for k, v in ratios.items()]
+        parts += [""]
+    if manifests:
+        parts += ["## Parity gate", ""]
+        for name, m in manifests.items():
+            p = m.get("parity", {})
+            parts.append(
+                f"- `{name}`: passed={p.get('passed')}, gate={p.get('gate')}, "
+                f"max_abs_diff={p.get('max_abs_diff', float('nan')):.3g}, "
+                f"agreement={p.get('agreement')}, batch sizes "
+                f"{list(p.get('batch_sizes', {}))}, {p.get('num_samples')} "
+                f"{p.get('data')} samples"
+            )
+            q = m.get("quantization")
+            if q:
+                keys = ("mode", "per_channel", "reduce_range", "nodes_excluded",
+                        "size_ratio", "accuracy_change", "latency_ratio_batch1")
+                parts.append(
+                    "  - int8: "
+                    + ", ".join(f"{k}={q[k]}" for k in keys if k in q)
+                )
+        parts += [""]
+    parts += ["## Runtime settings", ""] + _settings_lines(results) + [""]
+    return "\n".join(parts)
+
+
+def write_report(results, out_dir, *, title="Benchmark", command=None,
+                 ratios=None, manifests=None, plot_file="bench.png"):
+    """Writes `report.md` and `bench.png` into `out_dir`.
+
+    Args:
+        results: the list from `kdkeras.bench.benchmark`.
+        out_dir: the folder (created).
+        title: the report title. Defaults to `"Benchmark"`.
+        command: the exact command that produced the numbers.
+        ratios: a `dict` of named ratios to list.
+        manifests: artifact manifests whose parity figures to list.
+        plot_file: the PNG name, or `None` for no plot. Defaults to
+            `"bench.png"`.
+
+    Returns:
+        `{"report": path, "plot": path or None}`.
+    """
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    plot_path = None
+    if plot_file:
+        plot_path = plot(results, os.path.join(out_dir, plot_file), title=title)
+    text = markdown(
+        results,
+        title=title,
+        command=command,
+        ratios=ratios,
+        manifests=manifests,
+        plot_name=plot_file,
+    )
+    report_path = os.path.join(out_dir, "report.md")
+    atomic_write_text(report_path, text)
+    return {"report": report_path, "plot": plot_path}
+
+
+def load_results(path):
+    """Reads the results list back from a `bench.json`."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["results"]

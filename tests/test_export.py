@@ -1,0 +1,332 @@
+"""Export, parity gate, manifest and the measured conversion traps."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("tf2onnx")
+
+from kdkeras import _io  # noqa: E402
+from kdkeras import _runtime  # noqa: E402
+from kdkeras import export as ex  # noqa: E402
+
+BATCH_SIZES = (1, 5)
+
+
+def _cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ],
+        name="cnn",
+    )
+
+
+def _with_moving_stats(model, seed=1):
+    """Non-trivial BatchNorm statistics, so that inference != training."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape))
+            layer.moving_variance.assign(
+                rng.uniform(0.5, 2.0, size=layer.moving_variance.shape)
+            )
+    return model
+
+
+class Subclassed(keras.Model):
+    def __init__(self, units=3, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.hidden = keras.layers.Dense(6, activation="relu")
+        self.drop = keras.layers.Dropout(0.3)
+        self.out = keras.layers.Dense(units)
+
+    def call(self, x, training=False):
+        return self.out(self.drop(self.hidden(x), training=training))
+
+
+def _transformer(seed=0):
+    """Embedding + MultiHeadAttention + LayerNorm + exact GELU."""
+    keras.utils.set_random_seed(seed)
+    tokens = keras.Input((6,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(20, 8)(tokens)
+    attn = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(x, x)
+    x = keras.layers.LayerNormalization()(x + attn)
+    x = keras.layers.Dense(8, activation=keras.activations.gelu)(x)  # exact
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(tokens, keras.layers.Dense(3)(x), name="tiny_transformer")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).random((12, 8, 8, 1)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="module")
+def cnn_onnx(folder, images):
+    model = _with_moving_stats(_cnn())
+    path = str(folder / "cnn.onnx")
+    manifest = ex.export(model, path, sample_inputs=images, batch_sizes=BATCH_SIZES)
+    return model, path, manifest
+
+
+@pytest.fixture(scope="module")
+def transformer_onnx(folder):
+    model = _transformer()
+    path = str(folder / "transformer.onnx")
+    manifest = ex.export(model, path, batch_sizes=BATCH_SIZES, route="keras")
+    return model, path, manifest
+
+
+def _ort_outputs(path, inputs, batch_size):
+    runner = _runtime.OnnxRunner(path, threads=1)
+    return _runtime.run_batched(runner, inputs, batch_size)[0]
+
+
+def _assert_parity(model, path, manifest, inputs):
+    """Checks the gate's figures and recomputes them independently."""
+    parity = manifest["parity"]
+    assert parity["passed"] is True
+    assert set(parity["batch_sizes"]) == {str(b) for b in BATCH_SIZES}
+    assert parity["max_abs_diff"] <= 1e-4
+    assert parity["agreement"] == 1.0
+    expected = keras.ops.convert_to_numpy(model(inputs, training=False))
+    for bs in BATCH_SIZES:
+        got = _ort_outputs(path, [inputs], bs)
+        diff = float(np.max(np.abs(got - expected)))
+        assert diff <= 1e-4
+        assert diff == pytest.approx(
+            parity["batch_sizes"][str(bs)]["max_abs_diff"], abs=1e-6
+        )
+
+
+def test_cnn_with_batchnorm_and_dropout(cnn_onnx, images):
+    model, path, manifest = cnn_onnx
+    _assert_parity(model, path, manifest, images)
+    assert manifest["parity"]["data"] == "given"
+    # Inference mode: Dropout off and BatchNorm on its moving statistics.
+    training = keras.ops.convert_to_numpy(model(images, training=True))
+    got = _ort_outputs(path, [images], 4)
+    assert np.max(np.abs(training - got)) > 1e-2
+
+
+def test_batch_dimension_is_dynamic(cnn_onnx):
+    _, path, _ = cnn_onnx
+    proto = onnx.load(path)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    assert [d.dim_value for d in dims[1:]] == [8, 8, 1]
+
+
+def test_subclassed_model(folder, images):
+    model = Subclassed()
+    x = images.reshape(len(images), -1)
+    model(x[:1])
+    path = str(folder / "subclassed.onnx")
+    manifest = ex.export(model, path, sample_inputs=x, batch_sizes=BATCH_SIZES)
+    _assert_parity(model, path, manifest, x)
+
+
+def test_model_loaded_from_keras_file_needs_explicit_signature(folder, images):
+    # Trap 2: Keras's own ONNX export refuses a freshly loaded model.
+    # If this starts passing, Keras fixed it; kdkeras still passes a signature.
+    keras_path = str(folder / "saved.keras")
+    _with_moving_stats(_cnn(seed=3)).save(keras_path)
+    loaded = keras.models.load_model(keras_path)
+    with pytest.raises(ValueError, match="never called"):
+        loaded.export(str(folder / "raw.onnx"), format="onnx", verbose=False)
+
+    loaded = keras.models.load_model(keras_path)
+    path = str(folder / "loaded.onnx")
+    manifest = ex.export(loaded, path, sample_inputs=images, batch_sizes=BATCH_SIZES)
+    _assert_parity(loaded, path, manifest, images)
+
+
+def test_transformer_with_exact_gelu(transformer_onnx):
+    model, path, manifest = transformer_onnx
+    tokens = np.random.default_rng(5).integers(0, 20, (10, 6)).astype("int32")
+    _assert_parity(model, path, manifest, tokens)
+    assert manifest["parity"]["data"] == "random"
+    assert manifest["inputs"][0]["dtype"] == "int32"
+
+
+def test_erfc_trap_reproduced_and_fixed(folder, transformer_onnx):
+    # Trap 1: exact GELU -> TF `Erfc`, copied unconverted by tf2onnx;
+    # `model.export` reports success but onnxruntime cannot load the file.
+    import tensorflow as tf
+
+    model, fixed_path, manifest = transformer_onnx
+    raw = str(folder / "raw_gelu.onnx")
+    model.export(
+        raw,
+        format="onnx",
+        verbose=False,
+        input_signature=[tf.TensorSpec((None, 6), tf.int32, name="tokens")],
+    )
+    assert "Erfc" in {n.op_type for n in onnx.load(raw).graph.node}
+    with pytest.raises(Exception, match="Erfc"):
+        ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+
+    ops = {n.op_type for n in onnx.load(fixed_path).graph.node}
+    assert "Erfc" not in ops and "Erf" in ops
+    assert manifest["fixes"] == ["Erfc -> 1 - Erf (1 node(s))"]
+    assert manifest["parity"]["max_abs_diff"] < 1e-5
+
+
+def test_saved_model_route_also_fixes_erfc(folder):
+    model = _transformer(seed=1)
+    path = str(folder / "transformer_sm.onnx")
+    manifest = ex.export(model, path, batch_sizes=BATCH_SIZES, route="saved_model")
+    assert manifest["route"] == "saved_model"
+    assert manifest["fixes"] == ["Erfc -> 1 - Erf (1 node(s))"]
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("opset", [19, 21, 8])
+def test_unsupported_opset_is_refused(folder, opset):
+    # Trap 3: tf2onnx 1.17 fails on opsets above 18.
+    with pytest.raises(ValueError, match=rf"between 9 and 18.*opset={opset}"):
+        ex.export(_cnn(), str(folder / "o.onnx"), opset=opset)
+    assert not os.path.exists(folder / "o.onnx")
+
+
+def test_opset_18_is_written(folder):
+    path = str(folder / "opset18.onnx")
+    manifest = ex.export(_cnn(), path, opset=18, num_samples=4)
+    assert manifest["opset"] == 18
+    proto = onnx.load(path)
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 18
+
+
+@pytest.mark.parametrize(
+    "format, name", [("tflite", "m.tflite"), ("saved_model", "sm"), ("keras", "m.keras")]
+)
+def test_other_formats_pass_parity(folder, images, format, name):
+    model = _with_moving_stats(_cnn(seed=2))
+    path = str(folder / name)
+    manifest = ex.export(
+        model, path, format, sample_inputs=images, batch_sizes=BATCH_SIZES
+    )
+    assert manifest["format"] == format
+    runner = _runtime.load_runner(path)
+    expected = keras.ops.convert_to_numpy(model(images, training=False))
+    for bs in BATCH_SIZES:
+        got = _runtime.run_batched(runner, [images], bs)[0]
+        assert np.max(np.abs(got - expected)) <= 1e-4
+    assert manifest["parity"]["passed"] is True
+
+
+def test_manifest_describes_the_artifact(cnn_onnx):
+    _, path, manifest = cnn_onnx
+    with open(path + ".manifest.json") as f:
+        on_disk = json.load(f)
+    with open(path, "rb") as f:
+        data = f.read()
+    assert on_disk["sha256"] == hashlib.sha256(data).hexdigest()
+    assert on_disk["file_size_bytes"] == len(data)
+    assert on_disk["format"] == "onnx" and on_disk["opset"] == ex.DEFAULT_OPSET
+    assert on_disk["inputs"][0]["shape"] == [None, 8, 8, 1]
+    assert on_disk["outputs"][0]["shape"] == [None, 3]
+    assert on_disk["outputs"][0]["dtype"] == "float32"
+    assert on_disk["parity"]["onnx_checker"] == "passed"
+    assert on_disk["parity"]["runtime_load"] == "passed"
+    for lib in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"):
+        assert on_disk["versions"][lib]
+
+
+def test_gate_fails_when_the_artifact_differs(cnn_onnx, images):
+    _, path, _ = cnn_onnx
+    other = _with_moving_stats(_cnn(seed=7))
+    with pytest.raises(ex.ParityError, match="max_abs_diff") as info:
+        ex.gate(other, path, "onnx", images, batch_sizes=BATCH_SIZES)
+    assert info.value.report["passed"] is False
+    assert info.value.report["max_abs_diff"] > 1e-2
+    with open(path + ".manifest.json") as f:
+        assert json.load(f)["parity"]["passed"] is False
+
+
+def test_check_parity_catches_argmax_disagreement():
+    class Swapped:
+        def run(self, inputs):
+            return [ref[:, ::-1].copy() for ref in [logits[: len(inputs[0])]]]
+
+    logits = np.array([[0.0, 1.0], [2.0, 0.5], [0.2, 0.1]], dtype="float32")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Identity()])
+    report = ex.check_parity(model, Swapped(), [logits], batch_sizes=(3,),
+                             atol=10.0, min_agreement=0.99)
+    assert report["agreement"] == 0.0 and report["passed"] is False
+    ok = ex.check_parity(model, _runtime.KerasRunner(model), [logits],
+                         batch_sizes=(1, 2))
+    assert ok["passed"] and ok["max_abs_diff"] == 0.0
+
+
+def test_nan_outputs_fail_the_gate():
+    ref = [np.ones((2, 3), "float32")]
+    diff, _ = ex.parity_figures(ref, [np.full((2, 3), np.nan, "float32")])
+    assert diff == float("inf")
+
+
+def test_refuses_kdkeras_objects(folder):
+    student = _cnn()
+
+    class Wrapper(keras.Model):
+        def __init__(self, student):
+            super().__init__()
+            self.student = student
+
+        def call(self, x):
+            return self.student(x)
+
+    Wrapper.__module__ = "kdkeras.distiller"
+    with pytest.raises(ValueError, match="Export its `student`"):
+        ex.export(Wrapper(student), str(folder / "w.onnx"))
+
+
+def test_data_that_does_not_fit_is_refused(folder):
+    bad = np.zeros((4, 9, 9, 1), "float32")
+    with pytest.raises(ValueError, match=r"Expected inputs shaped \(batch, 8, 8, 1\)"):
+        ex.export(_cnn(), str(folder / "bad.onnx"), sample_inputs=bad)
+
+
+def test_bad_format_is_refused(folder):
+    with pytest.raises(ValueError, match="format='pb'"):
+        ex.export(_cnn(), str(folder / "m.pb"), format="pb")
+
+
+def test_atomic_writes(tmp_path):
+    target = tmp_path / "a.txt"
+    _io.atomic_write_text(target, "one")
+    with pytest.raises(RuntimeError):
+        with _io.atomic_path(target) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "one"
+    assert sorted(os.listdir(tmp_path)) == ["a.txt"]
+
+    folder = tmp_path / "model_dir"
+    for content in ("v1", "v2"):
+        with _io.atomic_path(folder, is_dir=True) as tmp:
+            with open(os.path.join(tmp, "f"), "w") as f:
+                f.write(content)
+    assert (folder / "f").read_text() == "v2"
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "model_dir"]
