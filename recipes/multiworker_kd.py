@@ -17,8 +17,10 @@ Command:
 
     python recipes/multiworker_kd.py --workers 2 --epochs 5 --out runs/mw
 
-Expected result: both workers print the same student test accuracy (about
-0.95 on mnist-5k after 5 epochs, the teacher about 0.96); `--smoke` runs a
+Expected result: both workers print the same accuracies and the same weight
+checksum. With the command above (mnist-5k, 5 teacher and 5 distillation
+epochs, 2 local workers, about 1 minute on 2 CPU cores): teacher 0.937,
+student (one hidden layer of 32 units) 0.842 test accuracy. `--smoke` runs a
 tiny version in seconds.
 """
 
