@@ -59,13 +59,13 @@ def _choose_rank(layer, rank, params, arg, value):
                     "Expected a float `rank` to be a share of spectral energy "
                     f"in (0, 1]. Received: {arg}={value!r}"
                 )
-            return energy_rank(np.linalg.svd(matrix, compute_uv=False), rank), "energy"
+            return energy_rank(np.linalg.svd(matrix, compute_uv=False), rank)
         if rank > full:
             raise ValueError(
                 f"Expected a rank of at most {full} for layer '{layer.name}' "
                 f"(kernel {rows}x{cols}). Received: {arg}={value!r}"
             )
-        return rank, "rank"
+        return rank
     budget = params if isinstance(params, int) else params * (rows * cols + bias)
     r = int((budget - bias) // (rows + cols))
     if r < 1:
@@ -74,7 +74,7 @@ def _choose_rank(layer, rank, params, arg, value):
             f"'{layer.name}' (kernel {rows}x{cols}: one rank costs {rows + cols}). "
             f"Received: {arg}={value!r}"
         )
-    return min(r, full), "params"
+    return min(r, full)
 
 
 def _is_value(v):
@@ -136,11 +136,14 @@ def low_rank_report(model, rank=None, params=None, layers=None):
     plan, lines = {}, [f"low rank: truncated SVD by {arg}"]
     for name, v in chosen.items():
         layer = by_name[name]
-        r, how = _choose_rank(
-            layer, v if arg == "rank" else None, v if arg == "params" else None, arg, value
-        )
         _, matrix, bias = _matrix(layer)
         rows, cols = matrix.shape
+        if not explicit and arg == "rank" and isinstance(v, int) and v >= min(rows, cols):
+            lines.append(f"  {name}: kept whole, its kernel {rows}x{cols} has rank <= {v}")
+            continue
+        r = _choose_rank(
+            layer, v if arg == "rank" else None, v if arg == "params" else None, arg, value
+        )
         before, after = rows * cols + bias, r * (rows + cols) + bias
         if after >= before and not explicit:
             lines.append(f"  {name}: kept whole, rank {r} would not save parameters")

@@ -288,7 +288,7 @@ def _activation_scores(analysis, roots, data, batch_size=64):
             if root in roots and len(x.shape) >= 2:
                 tensors.setdefault(root, []).append(x)
     flat = [x for r in roots for x in tensors.get(r, [])]
-    probe = keras.Model(analysis.graph.inputs, flat)
+    probe = keras.Model(analysis.graph._inputs_struct, flat)
     n = len(tree.flatten(data)[0])
     sums = [0.0] * len(flat)
     for start in range(0, n, batch_size):
