@@ -34,8 +34,20 @@ def _count_params(runner):
     if runner.kind == "onnx":
         onnx = _runtime.require("onnx")
         proto = onnx.load(runner.path, load_external_data=False)
+        # Weights only: float and int8 tensors; int64/int32 initializers are
+        # shapes and axes that tf2onnx adds.
+        kinds = {
+            onnx.TensorProto.FLOAT,
+            onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.DOUBLE,
+            onnx.TensorProto.INT8,
+        }
         return int(
-            sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+            sum(
+                int(np.prod(t.dims))
+                for t in proto.graph.initializer
+                if t.data_type in kinds
+            )
         )
     return None
 
