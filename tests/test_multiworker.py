@@ -132,15 +132,40 @@ def test_fix_leaves_other_strategies_alone():
     import keras
     import tensorflow as tf
 
-    installed = _multiworker.enable_multi_worker_fit()
-    assert installed == _multiworker.is_affected_keras()
-    assert _multiworker.enable_multi_worker_fit() == installed  # idempotent
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    with strategy.scope():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    x = np.ones((8, 3), "float32")
-    history = model.fit(x, np.zeros((8, 2), "float32"), batch_size=4, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
-    assert not _multiworker._is_multi_worker(strategy)
+    was_installed = bool(_multiworker._originals)
+    try:
+        installed = _multiworker.enable_multi_worker_fit()
+        assert installed == _multiworker.is_affected_keras()
+        assert _multiworker.enable_multi_worker_fit() == installed  # idempotent
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        x = np.ones((8, 3), "float32")
+        history = model.fit(x, np.zeros((8, 2), "float32"), batch_size=4, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        assert not _multiworker._is_multi_worker(strategy)
+    finally:
+        if not was_installed:
+            _multiworker.disable_multi_worker_fit()
+
+
+def test_multiworker_recipe_smoke(tmp_path):
+    recipe = os.path.join(os.path.dirname(HERE), "recipes", "multiworker_kd.py")
+    result = subprocess.run(
+        [sys.executable, recipe, "--smoke", "--workers", "2", "--out", str(tmp_path)],
+        env=_env(),
+        capture_output=True,
+        timeout=240,
+    )
+    output = result.stdout.decode(errors="replace")
+    assert result.returncode == 0, output[-2000:] + result.stderr.decode(errors="replace")[-3000:]
+    checksums = {
+        line.split(":")[0]: line.rsplit("checksum", 1)[1].strip()
+        for line in output.splitlines()
+        if "weight checksum" in line
+    }
+    assert set(checksums) == {"worker 0", "worker 1"}
+    assert len(set(checksums.values())) == 1  # bit-identical students
+    assert (tmp_path / "student.keras").exists()
