@@ -57,9 +57,12 @@ def np_huber(x):
 
 
 def np_rkd_distance(t, s):
+    # As the authors' pdist: squared distances clamped at 1e-12, zero
+    # diagonal, so duplicates count as (tiny) positive distances.
     def nd(e):
         e = np_flat(e)
-        d = np.sqrt(((e[:, None, :] - e[None, :, :]) ** 2).sum(-1))
+        d = np.sqrt(np.maximum(((e[:, None, :] - e[None, :, :]) ** 2).sum(-1), 1e-12))
+        np.fill_diagonal(d, 0.0)
         return d / d[d > 0].mean()
 
     return np_huber(nd(s) - nd(t)).mean(axis=1)
@@ -171,12 +174,42 @@ def test_relational_losses_are_scale_invariant_where_the_paper_is():
 def test_rkd_angle_duplicates_stay_finite_with_finite_gradients():
     t = rng(13).normal(size=(5, 4)).astype("float32")
     t[3] = t[1]
-    s = tf.Variable(rng(14).normal(size=(5, 3)).astype("float32"))
+    s0 = rng(14).normal(size=(5, 3)).astype("float32")
+    s0[0] = s0[2] = 0.0  # dead ReLU embeddings: exact duplicates
+    s = tf.Variable(s0)
     with tf.GradientTape() as tape:
         value = tf.reduce_mean(losses.rkd_angle_loss(t, s) + losses.rkd_distance_loss(t, s))
-    grad = tape.gradient(value, s)
+    grad = tape.gradient(value, s).numpy()
     assert np.isfinite(value.numpy())
-    assert np.all(np.isfinite(grad.numpy())) and np.any(grad.numpy() != 0)
+    np.testing.assert_allclose(np.mean(np_rkd_angle(t, s0) + np_rkd_distance(t, s0)), value.numpy(), rtol=1e-4)
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0)
+    assert np.max(np.abs(grad)) < 1e3
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        losses.hint_loss,
+        losses.attention_transfer_loss,
+        losses.rkd_distance_loss,
+        losses.rkd_angle_loss,
+        losses.pkt_loss,
+        losses.similarity_preserving_loss,
+    ],
+    ids=["hint", "at", "rkd-distance", "rkd-angle", "pkt", "sp"],
+)
+def test_zero_student_features_give_finite_gradients(fn):
+    # All-zero samples (dead ReLUs) must not poison training with NaN.
+    t = np.abs(rng(25).normal(size=(4, 2, 2, 3))).astype("float32")
+    s0 = rng(26).normal(size=(4, 2, 2, 3)).astype("float32")
+    s0[1] = 0.0
+    s0[3] = 0.0
+    s = tf.Variable(s0)
+    with tf.GradientTape() as tape:
+        value = tf.reduce_mean(fn(t, s))
+    grad = tape.gradient(value, s).numpy()
+    assert np.isfinite(value.numpy()) and np.all(np.isfinite(grad))
+    assert np.max(np.abs(grad)) < 1e3 and np.any(grad != 0)
 
 
 def test_float16_features_are_cast_to_float32():

@@ -230,6 +230,19 @@ class FeatureDistillation(FeatureTerm):
         return super().from_config(config)
 
 
+def l2_normalize_rows(x, eps=1e-12, offset=0.0):
+    """`x / max(||x||, eps)` (or `x / (||x|| + offset)`) along the last axis.
+
+    All-zero rows (a dead ReLU, an all-black input) map to zero with a zero
+    gradient; the plain formula gives a NaN gradient there (the square
+    root's derivative at 0).
+    """
+    sq = ops.sum(ops.square(x), axis=-1, keepdims=True)
+    nonzero = sq > 0
+    norm = ops.sqrt(ops.where(nonzero, sq, 1.0))
+    return ops.where(nonzero, x / ops.maximum(norm + offset, eps), 0.0)
+
+
 def attention_map(features, p=2.0):
     """Spatial attention map of AT: `normalize(mean_c |F|^p)` per sample.
 
@@ -243,9 +256,7 @@ def attention_map(features, p=2.0):
     """
     f = ops.cast(features, "float32")
     a = ops.mean(ops.power(ops.abs(f), p), axis=-1)
-    a = ops.reshape(a, (ops.shape(a)[0], -1))
-    norm = ops.sqrt(ops.sum(ops.square(a), axis=-1, keepdims=True))
-    return a / ops.maximum(norm, 1e-12)
+    return l2_normalize_rows(ops.reshape(a, (ops.shape(a)[0], -1)))
 
 
 def _match_spatial(a_t, a_s):

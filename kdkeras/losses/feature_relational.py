@@ -15,7 +15,7 @@ the other samples' rows.
 import keras
 from keras import ops
 
-from kdkeras.losses.feature import FeatureTerm
+from kdkeras.losses.feature import FeatureTerm, l2_normalize_rows
 
 
 def _flatten(features):
@@ -77,29 +77,17 @@ def rkd_distance_loss(teacher_features, student_features):
 def _angles(e):
     """`angle[a, b, c] = <unit(e_b - e_a), unit(e_c - e_a)>`, shape `(n, n, n)`.
 
-    Computed from the Gram matrix (memory `n^3`, not `n^2 * dim`), after
-    centering the batch to limit cancellation; entries with `b == a` or
-    `c == a` are 0, as with the authors' normalization of zero vectors.
-    Cosines are clipped to [-1, 1], which bounds the rounding noise of
-    exactly duplicated samples.
+    The authors' formulation, from the `(n, n, dim)` difference vectors.
+    Differences that are exactly zero (the diagonal, and duplicated samples,
+    common after a ReLU) get a zero unit vector, as in the authors' code,
+    and a zero gradient, where dividing by a floored norm would multiply
+    the gradient by 1e12.
     """
-    e = e - ops.mean(e, axis=0, keepdims=True)
-    g = ops.matmul(e, ops.transpose(e))
-    diag = ops.diagonal(g)
-    # <e_b - e_a, e_c - e_a> = g_bc - g_ab - g_ac + g_aa
-    dot = (
-        ops.expand_dims(g, 0)
-        - ops.expand_dims(g, 2)
-        - ops.expand_dims(g, 1)
-        + ops.reshape(diag, (-1, 1, 1))
-    )
-    d2 = ops.expand_dims(diag, 1) + ops.expand_dims(diag, 0) - 2.0 * g
-    norm = ops.sqrt(ops.maximum(d2, 1e-24))
-    off = _off_diagonal(ops.shape(e)[0])
-    norm = ops.where(off, norm, 1.0)
-    cos = dot / (ops.expand_dims(norm, 2) * ops.expand_dims(norm, 1))
-    valid = ops.logical_and(ops.expand_dims(off, 2), ops.expand_dims(off, 1))
-    return ops.where(valid, ops.clip(cos, -1.0, 1.0), 0.0)
+    diff = ops.expand_dims(e, 0) - ops.expand_dims(e, 1)  # diff[a, b] = e_b - e_a
+    sq = ops.sum(ops.square(diff), axis=-1, keepdims=True)
+    nonzero = sq > 1e-30
+    unit = ops.where(nonzero, diff / ops.sqrt(ops.where(nonzero, sq, 1.0)), 0.0)
+    return ops.matmul(unit, ops.transpose(unit, (0, 2, 1)))
 
 
 def rkd_angle_loss(teacher_features, student_features):
@@ -113,7 +101,7 @@ def rkd_angle_loss(teacher_features, student_features):
         Per-sample values `(batch,)`, float32: row `a` is the mean over
         `(b, c)` of `huber(cos_s[a, b, c] - cos_t[a, b, c])`, the angle at
         vertex `a`; their mean is the paper's loss. Memory grows as
-        `batch^3`.
+        `batch^2 * dim` (the paper taps the final embedding).
 
     Reference:
         Park et al. Relational Knowledge Distillation. CVPR 2019.
@@ -149,7 +137,7 @@ def pkt_loss(teacher_features, student_features, eps=1e-7):
 
     def conditional(x):
         x = _flatten(x)
-        x = x / (ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True)) + eps)
+        x = l2_normalize_rows(x, eps=0.0, offset=eps)
         sim = (ops.matmul(x, ops.transpose(x)) + 1.0) / 2.0
         return sim / ops.sum(sim, axis=-1, keepdims=True)
 
@@ -177,9 +165,7 @@ def similarity_preserving_loss(teacher_features, student_features):
 
     def gram(x):
         x = _flatten(x)
-        g = ops.matmul(x, ops.transpose(x))
-        norm = ops.sqrt(ops.sum(ops.square(g), axis=-1, keepdims=True))
-        return g / ops.maximum(norm, 1e-12)
+        return l2_normalize_rows(ops.matmul(x, ops.transpose(x)))
 
     diff = gram(teacher_features) - gram(student_features)
     n = ops.cast(ops.shape(diff)[0], "float32")
