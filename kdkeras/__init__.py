@@ -24,12 +24,16 @@ _EXPORTS = {
     "PKT": "kdkeras.losses",
     "RKD": "kdkeras.losses",
     "SimilarityPreserving": "kdkeras.losses",
+    "bench": "kdkeras.bench",
     "callbacks": "kdkeras.callbacks",
     "checks": "kdkeras.checks",
     "datasets": "kdkeras.datasets",
     "enable_multi_worker_fit": "kdkeras._multiworker",
+    "export": "kdkeras.export",
     "losses": "kdkeras.losses",
     "propose_layer_pairs": "kdkeras.taps",
+    "quantize": "kdkeras.quantize",
+    "report": "kdkeras.report",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
