@@ -51,6 +51,7 @@ def plot(results, path, title=None):
             fontsize=8,
         )
     ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.15)
     ax.set_xlabel("batch-1 latency p50 (ms, log scale)")
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} vs latency (marker area: file size)")
