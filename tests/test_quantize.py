@@ -186,19 +186,36 @@ def test_default_settings_per_kind():
         qz.default_settings("cnn", "int4")
 
 
-def test_model_kind_detection(cnn, tmp_path):
-    _, path = cnn
-    assert qz.model_kind(onnx.load(path)) == "cnn"
+@pytest.fixture(scope="module")
+def transformer(tmp_path_factory):
     keras.utils.set_random_seed(0)
     tokens = keras.Input((4,), dtype="int32")
-    h = keras.layers.Embedding(10, 4)(tokens)
+    h = keras.layers.Embedding(10, 8)(tokens)
     h = keras.layers.LayerNormalization()(
-        h + keras.layers.MultiHeadAttention(1, 4)(h, h)
+        h + keras.layers.MultiHeadAttention(2, 4)(h, h)
     )
-    model = keras.Model(tokens, keras.layers.Dense(2)(h[:, 0]))
-    t_path = str(tmp_path / "t.onnx")
-    ex.export(model, t_path, num_samples=4)
-    assert qz.model_kind(onnx.load(t_path)) == "transformer"
+    h = keras.layers.Dense(16, activation="gelu")(h[:, 0])
+    model = keras.Model(tokens, keras.layers.Dense(3)(h))
+    path = str(tmp_path_factory.mktemp("t") / "t.onnx")
+    ex.export(model, path, num_samples=4)
+    return model, path
+
+
+def test_model_kind_detection(cnn, transformer):
+    assert qz.model_kind(onnx.load(cnn[1])) == "cnn"
+    assert qz.model_kind(onnx.load(transformer[1])) == "transformer"
+
+
+def test_transformer_defaults_to_dynamic_matmul(transformer, tmp_path):
+    model, path = transformer
+    tokens = np.random.default_rng(0).integers(0, 10, (64, 4)).astype("int32")
+    out = str(tmp_path / "t.int8.onnx")
+    manifest = qz.quantize(model, path, out, eval_data=tokens, min_agreement=0.9)
+    q = manifest["quantization"]
+    assert q["mode"] == "dynamic" and q["accuracy_int8"] is None
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    assert manifest["parity"]["agreement"] >= 0.9
 
 
 def test_litert_int8(cnn, digits, tmp_path):
