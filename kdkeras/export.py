@@ -26,13 +26,12 @@ import json
 import os
 import platform
 import re
-import tempfile
 
 import numpy as np
 
+from kdkeras import _onnx
 from kdkeras import _runtime
 from kdkeras._io import atomic_path
-from kdkeras._io import atomic_write_bytes
 from kdkeras._io import atomic_write_text
 
 FORMATS = ("keras", "saved_model", "onnx", "tflite")
@@ -296,167 +295,6 @@ def check_parity(
     }
 
 
-# ONNX ------------------------------------------------------------------------
-
-
-def _fix_onnx(proto):
-    """Rewrites known-unconverted TF ops; names the dynamic batch dimension.
-
-    Returns the list of fixes applied (for the manifest).
-    """
-    onnx = _runtime.require("onnx")
-    from onnx import helper
-    from onnx import numpy_helper
-
-    fixes = []
-    graph = proto.graph
-    new_nodes, n_erfc = [], 0
-    one_name = None
-    for node in graph.node:
-        # tf2onnx copies `Erfc` (from exact GELU) unconverted; onnxruntime
-        # then refuses the file. Remove once tf2onnx converts Erfc itself.
-        if node.op_type == "Erfc" and node.domain in ("", "ai.onnx"):
-            if one_name is None:
-                one_name = "kdk_erfc_one"
-                graph.initializer.append(
-                    numpy_helper.from_array(
-                        np.array(1.0, dtype="float32"), one_name
-                    )
-                )
-            erf_out = f"{node.output[0]}__erf"
-            new_nodes.append(
-                helper.make_node(
-                    "Erf", [node.input[0]], [erf_out], name=f"{node.name}_erf"
-                )
-            )
-            new_nodes.append(
-                helper.make_node(
-                    "Sub",
-                    [one_name, erf_out],
-                    list(node.output),
-                    name=f"{node.name}_one_minus_erf",
-                )
-            )
-            n_erfc += 1
-        else:
-            new_nodes.append(node)
-    if n_erfc:
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        fixes.append(f"Erfc -> 1 - Erf ({n_erfc} node(s))")
-    for value in list(graph.input) + list(graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_param = "batch"
-    del onnx
-    return fixes
-
-
-def _unconverted_ops(proto):
-    from onnx import defs
-
-    bad = set()
-    opset = {o.domain: o.version for o in proto.opset_import}
-    for node in proto.graph.node:
-        domain = node.domain or ""
-        if domain in ("", "ai.onnx"):
-            try:
-                defs.get_schema(node.op_type, opset.get("", 18), "")
-            except Exception:  # noqa: BLE001 - SchemaError on unknown ops
-                bad.add(node.op_type)
-    return sorted(bad)
-
-
-def _onnx_via_keras(model, tmp, specs, opset):
-    arg = [specs[0]] if len(specs) == 1 else [list(specs)]
-    model.export(
-        tmp,
-        format="onnx",
-        verbose=False,
-        input_signature=arg,
-        opset_version=opset,
-    )
-
-
-def _onnx_via_saved_model(model, tmp, specs, opset):
-    """tf2onnx on a SavedModel export: the route of `python -m tf2onnx.convert
-    --saved-model`."""
-    import tensorflow as tf
-
-    tf_loader = _runtime.require("tf2onnx.tf_loader")
-    convert = _runtime.require("tf2onnx.convert")
-    try:
-        # tf2onnx 1.17 still uses `np.object` etc. (removed in NumPy 2);
-        # Keras ships the patch. Remove once tf2onnx supports NumPy 2.
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
-
-        patch_tf2onnx()
-    except ImportError:
-        pass
-    with tempfile.TemporaryDirectory() as folder:
-        sm = os.path.join(folder, "saved_model")
-        arg = [specs[0]] if len(specs) == 1 else [list(specs)]
-        model.export(sm, format="tf_saved_model", verbose=False, input_signature=arg)
-        graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
-            sm,
-            None,
-            None,
-            "serve",
-            ["serving_default"],
-            None,
-            False,
-            return_initialized_tables=True,
-            return_tensors_to_rename=True,
-        )
-        with tf.device("/cpu:0"):
-            convert._convert_common(
-                graph_def,
-                name=sm,
-                opset=opset,
-                input_names=inputs,
-                output_names=outputs,
-                tensors_to_rename=renames,
-                initialized_tables=tables,
-                output_path=tmp,
-            )
-
-
-def _write_onnx(model, path, specs, opset, route):
-    onnx = _runtime.require("onnx")
-    _runtime.require("tf2onnx")
-    routes = {"keras": _onnx_via_keras, "saved_model": _onnx_via_saved_model}
-    if route not in ("auto",) + tuple(routes):
-        raise ValueError(
-            "Expected route 'auto', 'keras' or 'saved_model'. "
-            f"Received: route={route!r}"
-        )
-    order = ["keras", "saved_model"] if route == "auto" else [route]
-    with atomic_path(path, suffix=".onnx") as tmp:
-        errors = []
-        for name in order:
-            try:
-                routes[name](model, tmp, specs, opset)
-                used = name
-                break
-            except Exception as e:  # noqa: BLE001 - try the next route
-                errors.append(f"{name}: {type(e).__name__}: {e}")
-        else:
-            raise RuntimeError(
-                "ONNX conversion failed on every route: " + " | ".join(errors)
-            )
-        proto = onnx.load(tmp)
-        fixes = _fix_onnx(proto)
-        bad = _unconverted_ops(proto)
-        if bad:
-            raise ParityError(
-                "Expected an ONNX graph of standard operators; tf2onnx left "
-                f"TensorFlow ops unconverted. Received: ops={bad}"
-            )
-        onnx.checker.check_model(proto)
-        atomic_write_bytes(tmp, proto.SerializeToString())
-    return {"route": used, "fixes": fixes, "fallback_errors": errors}
-
-
 # LiteRT ----------------------------------------------------------------------
 
 
@@ -679,7 +517,7 @@ def export(
         samples = random_inputs(model, specs, num_samples, seed)
 
     if format == "onnx":
-        info = _write_onnx(model, path, specs, opset, route)
+        info = _onnx.write_onnx(model, path, specs, opset, route)
     elif format == "tflite":
         info = _write_tflite(model, path, specs)
     elif format == "saved_model":
