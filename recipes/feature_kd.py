@@ -27,9 +27,20 @@ Papers:
     Passalis & Tefas 2018 (PKT), https://arxiv.org/abs/1803.10837;
     Tung & Mori 2019 (SP), https://arxiv.org/abs/1907.09682.
 
-Command and result: see recipes/README.md (section "Feature distillation").
+Command and result (2 shared CPU cores, 5 min 16 s; teacher 0.9730; see
+recipes/README.md, section "Feature distillation"):
 
     python recipes/feature_kd.py --seeds 3 --epochs 10
+
+    | method | test accuracy | gap closed | epoch time (s) |
+    |---|---|---|---|
+    | alone | 0.9540 ± 0.0070 | 0.0000 ± 0.0000 | 0.47 |
+    | KD | 0.9523 ± 0.0067 | -0.1313 ± 0.2519 | 1.15 |
+    | KD + FitNets | 0.9527 ± 0.0025 | -0.1717 ± 0.4161 | 0.96 |
+    | KD + AT | 0.9523 ± 0.0015 | -0.2298 ± 0.5889 | 1.12 |
+    | KD + RKD | 0.9617 ± 0.0051 | 0.2399 ± 0.6819 | 1.59 |
+    | KD + PKT | 0.9573 ± 0.0021 | 0.0947 ± 0.3325 | 1.16 |
+    | KD + SP | 0.9677 ± 0.0055 | 0.5909 ± 0.5242 | 1.41 |
 
 `--smoke` runs a few seconds on a slice of the data (used by the tests).
 """
