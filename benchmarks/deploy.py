@@ -96,6 +96,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--pair", choices=("demo", "cnn"), default="demo", help="which teacher/student pair"
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="tiny and fast; targets not checked"
     )
     args = parser.parse_args(argv)
@@ -104,6 +107,7 @@ def main(argv=None):
 
     from kdkeras import bench
     from kdkeras import datasets
+    from kdkeras import experiments
 
     keras.utils.set_random_seed(args.seed)
     (x_train, y_train), (x_test, y_test) = datasets.load("mnist-5k")
@@ -114,7 +118,10 @@ def main(argv=None):
         teacher, student = build_student(keras, 8), build_student(keras, 4)
         epochs, repeats, calls = 1, 2, 5
     else:
-        teacher, student = build_teacher(keras), build_student(keras)
+        if args.pair == "demo":
+            teacher, student = experiments.cnn_teacher(), experiments.mlp_student()
+        else:
+            teacher, student = build_teacher(keras), build_student(keras)
         epochs, repeats, calls = args.epochs, args.repeats, args.calls
     _train(keras, teacher, x_train, y_train, epochs)
     _train(keras, student, x_train, y_train, epochs)

@@ -29,6 +29,7 @@ _EXPORTS = {
     "checks": "kdkeras.checks",
     "datasets": "kdkeras.datasets",
     "enable_multi_worker_fit": "kdkeras._multiworker",
+    "experiments": "kdkeras.experiments",
     "export": "kdkeras.export",
     "losses": "kdkeras.losses",
     "propose_layer_pairs": "kdkeras.taps",

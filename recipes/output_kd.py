@@ -1,21 +1,32 @@
 """Output distillation (Hinton KD) on MNIST-5k: does the distilled student win?
 
-Trains, for each seed, a 1.2M-parameter CNN teacher, a 20k-parameter student
-from scratch, and the same student (same initial weights, same batches)
-distilled from the teacher with `kdkeras.LogitsDistillation`. Prints test
+Trains, for each seed, a 1.2M-parameter CNN teacher, a 203k-parameter MLP
+student (784-256-10) from scratch, and the same student (same initial
+weights, same batches) distilled from the teacher with
+`kdkeras.LogitsDistillation` (teacher outputs cached once, see
+`Distiller.cache_teacher_outputs`). Prints test
 accuracy as mean ± std over seeds and the share of the teacher/student gap
 that distillation closes, (KD - scratch) / (teacher - scratch).
 
 Paper: Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network.
 https://arxiv.org/abs/1503.02531
 
-Command and result (2 CPU cores, about 6 minutes):
+Command and result (2 shared CPU cores, about 2.5 minutes):
 
     python recipes/output_kd.py --seeds 3
 
-    | model | params | test accuracy | teacher agreement |
-    |---|---|---|---|
-    | teacher | 1,200,010 | see recipes/README.md | |
+    mnist-5k, 3 seed(s), teacher 6 epochs, students 30 epochs, T=4.0, student_loss_weight=0.5
+    | model | params | test accuracy | teacher agreement | epoch time (s) |
+    |---|---|---|---|---|
+    | teacher | 1,200,010 | 0.9717 ± 0.0025 | 1.0000 ± 0.0000 | 4.0266 ± 1.5961 |
+    | student (scratch) | 203,530 | 0.9480 ± 0.0026 | 0.9513 ± 0.0091 | 0.2534 ± 0.0635 |
+    | student (distilled) | 203,530 | 0.9520 ± 0.0010 | 0.9607 ± 0.0085 | 0.2539 ± 0.0551 |
+
+    gap closed (KD - scratch) / (teacher - scratch): 0.1500 ± 0.1323
+
+The distilled student's epoch costs what the scratch student's does because
+the teacher's outputs are cached once (the caching pass is not in the epoch
+time).
 
 `--smoke` runs a few seconds on a slice of the data (used by the tests).
 """
@@ -37,10 +48,14 @@ def mean_std(values):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
-    parser.add_argument("--epochs", type=int, default=8, help="student epochs (default: 8)")
+    parser.add_argument("--epochs", type=int, default=30, help="student epochs (default: 30)")
     parser.add_argument("--teacher-epochs", type=int, default=6, help="teacher epochs (default: 6)")
     parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--student-loss-weight", type=float, default=0.1)
+    parser.add_argument("--student-loss-weight", type=float, default=0.5)
+    parser.add_argument(
+        "--student", choices=("mlp", "cnn"), default="mlp",
+        help="mlp: 784-256-10 (203k parameters); cnn: 20k-parameter CNN",
+    )
     parser.add_argument("--data", default="mnist-5k")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for tests")
     args = parser.parse_args(argv)
@@ -63,6 +78,8 @@ def main(argv=None):
             temperature=args.temperature,
             student_loss_weight=args.student_loss_weight,
             seed=seed,
+            make_student=experiments.mlp_student if args.student == "mlp" else experiments.cnn_student,
+            cache_teacher=True,
         )
         rows = result["rows"]
         per_seed.append(rows)
