@@ -248,6 +248,22 @@ def test_width_activation_scoring_keeps_active_units():
     np.testing.assert_array_equal(_w(by_norm, "h1"), k[:, :4])
 
 
+def test_width_scores_filters_folded_with_their_batchnorm():
+    inputs = keras.Input((4, 4, 2))
+    x = L.Conv2D(4, 1, use_bias=False, name="c")(inputs)
+    x = L.ReLU()(L.BatchNormalization(name="bn")(x))
+    teacher = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(x)))
+    kernel = np.array([[4.0, 3.0, 2.0, 1.0], [0.0, 0.0, 0.0, 0.0]]).reshape(1, 1, 2, 4)
+    teacher.get_layer("c").set_weights([kernel.astype("float32")])
+    gamma = np.array([0.1, 1.0, 1.0, 0.1], "float32")
+    ones, zeros = np.ones(4, "float32"), np.zeros(4, "float32")
+    teacher.get_layer("bn").set_weights([gamma, zeros, zeros, ones])
+    # Folded L1 norms 0.4, 3, 2, 0.1 (over sqrt(1 + eps)): filters 1 and 2.
+    student = transfer.prune_width(teacher, {"c": 2})
+    np.testing.assert_array_equal(_w(student, "c"), kernel[..., [1, 2]])
+    np.testing.assert_array_equal(_w(student, "bn", "gamma"), gamma[[1, 2]])
+
+
 def _shared(second_input_concat):
     a_in, b_in = keras.Input((4,)), keras.Input((4,))
     a = L.Dense(8, name="a")(a_in)
@@ -296,7 +312,8 @@ def test_width_errors_name_the_layer():
         transfer.prune_width(mlp, 0.5, scoring="activation")
     with pytest.raises(ValueError, match=r"'enc0_ln1' \(LayerNormalization\)"):
         transfer.prune_width(_encoder(n=1), {"enc0_ff2": 4})
-    with pytest.raises(ValueError, match=r"name Dense, Conv or Embedding.*'enc0_ln1' \(LayerNormalization\)"):
+    message = r"name Dense, Conv or Embedding.*'enc0_ln1' \(LayerNormalization\)"
+    with pytest.raises(ValueError, match=message):
         transfer.prune_width(_encoder(n=1), {"enc0_ln1": 4})
 
 
@@ -343,7 +360,8 @@ def test_keep_blocks_copies_the_kept_blocks(keep):
     names = {l.name for l in student.layers}
     assert not any(n.startswith(("enc1_", "enc3_")) for n in names)
     for layer in ("enc2_ff1", "enc2_mha", "enc0_ln2", "emb", "out"):
-        for a, b in zip(teacher.get_layer(layer).get_weights(), student.get_layer(layer).get_weights()):
+        expected = teacher.get_layer(layer).get_weights()
+        for a, b in zip(expected, student.get_layer(layer).get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
     removed = sum(
         l.count_params() for l in teacher.layers if l.name.startswith(("enc1_", "enc3_"))

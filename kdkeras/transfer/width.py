@@ -156,6 +156,8 @@ class _Analysis:
         self.kinds = {}  # id(layer) -> (kind, reason)
         self.layers = {}  # name -> layer
         self.tensors = []  # every tensor with a layout, for activation scores
+        self.consumers = {}  # id(tensor) -> layers that take it
+        self.produced = {}  # id(layer) -> its (first) output tensor
         for x in self.graph.inputs:
             self._set(x, self._fresh(x, "it is a model input"))
         for node in _graph.topological_nodes(self.graph):
@@ -190,6 +192,9 @@ class _Analysis:
         layer = node.operation
         kind, why = self.kinds.setdefault(id(layer), _kind(layer, node))
         self.layers[layer.name] = layer
+        for x in node.input_tensors:
+            self.consumers.setdefault(id(x), []).append(layer)
+        self.produced.setdefault(id(layer), node.outputs[0])
         ins = [self.layout[id(x)] for x in node.input_tensors]
         outs = node.outputs
         shared = id(layer) in self.layer_out
@@ -262,6 +267,22 @@ class _Analysis:
         return np.concatenate([s * total + per_tile for s in range(tile)])
 
 
+def _bn_scale(analysis, layer):
+    """Per-unit scale of the BatchNormalization that alone consumes `layer`.
+
+    BatchNormalization undoes the scale of the filters before it, so their
+    norm says nothing on its own; the norm of the folded filter,
+    `|gamma| / sqrt(moving_variance + epsilon)` times the filter's, does.
+    """
+    consumers = analysis.consumers.get(id(analysis.produced[id(layer)]), [])
+    if len(consumers) != 1 or type(consumers[0]).__name__ != "BatchNormalization":
+        return 1.0
+    bn = consumers[0]
+    weights = {w.name: np.asarray(w.numpy(), dtype="float64") for w in bn.weights}
+    gamma = np.abs(weights["gamma"]) if "gamma" in weights else 1.0
+    return gamma / np.sqrt(weights["moving_variance"] + bn.epsilon)
+
+
 def _weight_scores(analysis, root, norm):
     total = 0.0
     for layer in analysis.groups.producers[root]:
@@ -271,6 +292,7 @@ def _weight_scores(analysis, root, norm):
         w = np.moveaxis(np.asarray(w.numpy(), dtype="float64"), axis, -1)
         w = w.reshape(-1, w.shape[-1])
         s = np.abs(w).sum(0) if norm == "l1" else np.sqrt((w**2).sum(0))
+        s = s * _bn_scale(analysis, layer)
         # Producers joined by an Add may have very different scales; each
         # contributes relative to its own mean so that none dominates.
         total = total + s / (s.mean() + 1e-12)
@@ -472,9 +494,11 @@ def prune_width(model, width, *, scoring="l1", data=None, verbose=False):
             (float in (0, 1]), or a dict of layer name -> share (float) or
             count (int) of units to keep, for those layers only.
         scoring: how units are ranked: `"l1"` or `"l2"` norm of each unit's
-            weights (summed over the layers that write a joined group, each
+            weights (folded with the BatchNormalization that follows, if
+            any; summed over the layers that write a joined group, each
             relative to its own mean), or `"activation"`: mean absolute
-            activation over `data`. Defaults to `"l1"`.
+            activation over `data` (over every tensor the group reaches).
+            Defaults to `"l1"`.
         data: sample inputs for `scoring="activation"`, structured like the
             model's inputs. Defaults to None.
         verbose: print what was kept. Defaults to False.
