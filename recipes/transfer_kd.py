@@ -17,9 +17,17 @@ Paper: Sanh, Debut, Chaumond, Wolf. DistilBERT, a distilled version of BERT
 (the student is initialised from every second layer of the teacher).
 https://arxiv.org/abs/1910.01108
 
-Command and result: see the "Transfer" section of recipes/README.md.
+Command and result (2 shared CPU cores, 3 min 38 s; teacher 0.9530, 75,786
+parameters; student 9,930; discussion in recipes/README.md):
 
-    python recipes/transfer_kd.py --seeds 3
+    python recipes/transfer_kd.py --seeds 5
+
+    | student | test acc. after epoch 1 | test acc. at the end |
+    |---|---|---|
+    | random init + KD | 0.2686 ± 0.0802 | 0.8134 ± 0.0247 |
+    | teacher-derived init + KD | 0.5418 ± 0.0721 | 0.9112 ± 0.0105 |
+    | teacher-derived init, no training | - | 0.1060 ± 0.0000 |
+    | random init, labels only | 0.2434 ± 0.0527 | 0.8890 ± 0.0270 |
 
 `--smoke` runs a few seconds on a slice of the data (used by the tests).
 """
