@@ -35,6 +35,8 @@ _EXPORTS = {
     "propose_layer_pairs": "kdkeras.taps",
     "quantize": "kdkeras.quantize",
     "report": "kdkeras.report",
+    "shrink": "kdkeras.transfer",
+    "transfer": "kdkeras.transfer",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
