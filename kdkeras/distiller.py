@@ -10,13 +10,14 @@ from kdkeras import adapters as adapters_lib
 from kdkeras import cache as cache_lib
 from kdkeras import checks
 from kdkeras import taps
+from kdkeras.losses.base import DistillationLoss
 from kdkeras.losses.base import reduce_per_sample
 from kdkeras.losses.logits import ensemble_logits
 
 try:  # keras >= 3.12
     from keras.distillation import DistillationLoss as _AnyDistillationLoss
 except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin
-    from kdkeras.losses.base import DistillationLoss as _AnyDistillationLoss
+    _AnyDistillationLoss = DistillationLoss
 
 
 def _is_number(value):
@@ -398,9 +399,8 @@ class Distiller(keras.Model):
         return t_value, s_value
 
     def _term_value(self, term, t_value, s_value, y, sample_weight):
-        call = getattr(term, "call", None)
-        if callable(call) and hasattr(term, "compute_loss") and _is_kdkeras(term):
-            return reduce_per_sample(call(t_value, s_value, y=y), sample_weight)
+        if isinstance(term, DistillationLoss):
+            return reduce_per_sample(term.call(t_value, s_value, y=y), sample_weight)
         # A keras.distillation term: already a batch mean, no sample weights.
         value = term.compute_loss(t_value, s_value)
         if len(value.shape) > 0:
@@ -583,9 +583,3 @@ class Distiller(keras.Model):
             deserialize(t) for t in config.pop("distillation_losses")
         ]
         return cls(**config)
-
-
-def _is_kdkeras(term):
-    from kdkeras.losses.base import DistillationLoss
-
-    return isinstance(term, DistillationLoss)
