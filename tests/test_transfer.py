@@ -248,6 +248,35 @@ def test_width_activation_scoring_keeps_active_units():
     np.testing.assert_array_equal(_w(by_norm, "h1"), k[:, :4])
 
 
+def test_width_separable_conv_and_embedding():
+    inputs = keras.Input((6, 6, 2))
+    x = L.Conv2D(6, 1, name="a")(inputs)
+    x = L.SeparableConv2D(4, 3, depth_multiplier=2, name="sep")(x)
+    teacher = keras.Model(inputs, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
+    alive = np.array([0, 3, 5])
+    kernel, bias = teacher.get_layer("a").get_weights()
+    kernel[..., np.setdiff1d(np.arange(6), alive)] = 0.0
+    teacher.get_layer("a").set_weights([kernel, bias])
+    depthwise, pointwise, sep_bias = teacher.get_layer("sep").get_weights()
+    depthwise[:, :, np.setdiff1d(np.arange(6), alive)] = 0.0  # dead inputs add 0
+    teacher.get_layer("sep").set_weights([depthwise, pointwise, sep_bias])
+    x = _inputs(teacher)
+    student = transfer.prune_width(teacher, {"a": 3})
+    np.testing.assert_allclose(_predict(student, x), _predict(teacher, x), atol=1e-5)
+    rows = (alive[:, None] * 2 + np.arange(2)).ravel()  # depth multiplier 2
+    np.testing.assert_array_equal(_w(student, "sep", "pointwise_kernel"), pointwise[:, :, rows])
+    np.testing.assert_array_equal(_w(student, "sep", "depthwise_kernel"), depthwise[:, :, alive])
+
+    tokens = keras.Input((5,), dtype="int32")
+    h = L.GlobalAveragePooling1D()(L.Embedding(20, 8, name="emb")(tokens))
+    teacher = keras.Model(tokens, L.Dense(2, name="out")(h))
+    student = transfer.prune_width(teacher, {"emb": 3})
+    table = _w(teacher, "emb", "embeddings")
+    kept = np.sort(np.argsort(-np.abs(table).sum(0), kind="stable")[:3])
+    np.testing.assert_array_equal(_w(student, "emb", "embeddings"), table[:, kept])
+    np.testing.assert_array_equal(_w(student, "out"), _w(teacher, "out")[kept])
+
+
 def test_width_scores_filters_folded_with_their_batchnorm():
     inputs = keras.Input((4, 4, 2))
     x = L.Conv2D(4, 1, use_bias=False, name="c")(inputs)

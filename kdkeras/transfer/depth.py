@@ -24,6 +24,8 @@ class Block:
         layers: names of the block's layers, in graph order.
         input_shape: shape of the block's input tensor.
         output_shape: shape of the block's output tensor.
+        removable: whether the block keeps its input's shape and dtype, so
+            that it can be removed.
     """
 
     def __init__(self, name, nodes, input, output):
