@@ -42,6 +42,11 @@ def add_parsers(subparsers):
         "split); random inputs when absent",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (<= 18)")
+    p.add_argument(
+        "--unsafe-deserialization",
+        action="store_true",
+        help="load a trusted .keras file that holds code (Lambda layers)",
+    )
     p.add_argument("--atol", type=float, default=1e-4)
     p.add_argument(
         "--min-agreement",
@@ -114,7 +119,7 @@ def run_export(args):
         )
     if args.format == "onnx":
         ex._validate_opset(args.opset)
-    model = _runtime.load_keras(path)
+    model = _runtime.load_keras(path, safe_mode=not args.unsafe_deserialization)
     train = test = None
     if args.data is not None:
         (x_train, y_train), (x_test, y_test) = _load_data(args.data)
@@ -178,6 +183,7 @@ def run_export(args):
                 min_agreement=args.min_agreement,
                 batch_sizes=tuple(args.batch_sizes),
                 num_samples=args.num_samples,
+                safe_mode=not args.unsafe_deserialization,
             )
         )
         if args.quantize:

@@ -254,21 +254,33 @@ class SavedModelRunner:
         return {}
 
 
-def load_keras(path):
-    """Loads a `.keras` file with a clear error for a file that is no model."""
+def load_keras(path, safe_mode=True):
+    """Loads a `.keras` file with a clear error for a file that is no model.
+
+    `safe_mode=False` is the opt-in for files you trust that hold a `Lambda`
+    layer (arbitrary code, refused by Keras's safe mode).
+    """
     import keras
 
     try:
-        return keras.models.load_model(os.fspath(path), compile=False)
+        return keras.models.load_model(os.fspath(path), compile=False, safe_mode=safe_mode)
     except Exception as e:  # noqa: BLE001 - any failure means "not a model"
+        message = " ".join(str(e).split())
+        hint = ""
+        if safe_mode and "safe_mode" in message:
+            hint = (
+                " It holds code (a Lambda layer), refused in safe mode; if you "
+                "trust the file, pass --unsafe-deserialization (command line) "
+                "or safe_mode=False."
+            )
         raise ValueError(
             "Expected a Keras model file (.keras) that `keras.models."
-            f"load_model` can read ({type(e).__name__}: "
-            f"{' '.join(str(e).split())[:200]}). Received: path={path!r}"
+            f"load_model` can read ({type(e).__name__}: {message[:200]}).{hint} "
+            f"Received: path={path!r}"
         ) from e
 
 
-def load_runner(model, threads=None):
+def load_runner(model, threads=None, safe_mode=True):
     """Returns a runner for a path (.onnx, .tflite, .keras, SavedModel) or a
     Keras model."""
     if not isinstance(model, (str, os.PathLike)):
@@ -278,7 +290,7 @@ def load_runner(model, threads=None):
         raise ValueError(f"Expected an existing model file. Received: path={path!r}")
     fmt = detect_format(path)
     if fmt == "keras":
-        return KerasRunner(load_keras(path), path=path)
+        return KerasRunner(load_keras(path, safe_mode=safe_mode), path=path)
     try:
         if fmt == "onnx":
             return OnnxRunner(path, threads)

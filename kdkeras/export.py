@@ -439,6 +439,7 @@ def export(
     route="auto",
     threads=None,
     seed=0,
+    safe_mode=True,
 ):
     """Exports a Keras model and checks the artifact against it.
 
@@ -477,6 +478,9 @@ def export(
             Defaults to `"auto"`.
         threads: runtime threads for the check. Defaults to all cores.
         seed: seed of the random inputs. Defaults to `0`.
+        safe_mode: Keras's safe mode when the `.keras` artifact is loaded
+            back for the check; `False` only for trusted models that hold
+            code (`Lambda` layers). Defaults to `True`.
 
     Returns:
         The manifest (a `dict`), with `"path"` and `"manifest_path"`.
@@ -538,6 +542,7 @@ def export(
         min_agreement=min_agreement,
         batch_sizes=batch_sizes,
         threads=threads,
+        safe_mode=safe_mode,
     )
 
 
@@ -557,6 +562,7 @@ def gate(
     threads=None,
     parity_gate="diff",
     extra=None,
+    safe_mode=True,
 ):
     """Loads an artifact, checks parity, writes its manifest; raises on failure.
 
@@ -583,7 +589,7 @@ def gate(
                 report["onnx_checker"] = f"failed: {e}"
                 raise ParityError(f"onnx.checker rejected {path}: {e}", report)
         try:
-            runner = _runtime.load_runner(path, threads=threads)
+            runner = _runtime.load_runner(path, threads=threads, safe_mode=safe_mode)
             report["runtime_load"] = "passed"
         except ValueError as e:
             report["runtime_load"] = f"failed: {e}"

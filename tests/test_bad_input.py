@@ -284,11 +284,26 @@ def test_bad_onnx_file(content, tmp_path):
 
 def test_lambda_layer_refused_under_safe_mode(tmp_path):
     path = _lambda_file(tmp_path)
-    with pytest.raises(ValueError, match="Lambda"):
+    with pytest.raises(ValueError, match="Lambda.*--unsafe-deserialization"):
         _load_runner()(str(path))
-    # The explicit opt-in of Keras loads it.
+    # The explicit opt-in loads it, in kdkeras as in Keras.
+    runner = _load_runner()(str(path), safe_mode=False)
     model = keras.models.load_model(path, safe_mode=False)
     assert model.predict(np.ones((1, 8), "float32"), verbose=0).shape == (1, 4)
+    assert runner is not None
+
+
+def test_cli_unsafe_deserialization_is_the_opt_in(tmp_path, capsys):
+    path = _lambda_file(tmp_path)
+    out = tmp_path / "out"
+    code, err = _cli(["export", str(path), "--format", "keras", "--out", str(out)], capsys)
+    assert code == 1 and "--unsafe-deserialization" in err
+    code, err = _cli(
+        ["export", str(path), "--format", "keras", "--out", str(out), "--unsafe-deserialization"],
+        capsys,
+    )
+    assert code == 0, err
+    assert (out / "lambda.keras").is_file()
 
 
 # --------------------------------------------------------------- CLI

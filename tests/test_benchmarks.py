@@ -1,0 +1,34 @@
+"""The benchmark scripts run end to end (`--smoke`) and print their ratios."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_step_time_smoke_reports_every_ratio(tmp_path):
+    out = tmp_path / "step_time.json"
+    result = _run(["benchmarks/step_time.py", "--smoke", "--json", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["ratios"]) == {"(c) / ((a) + (b))", "(d) / (a)", "(c) / (e)"}
+    times = report["times"]
+    short = {name[:3]: min(values) for name, values in times.items()}
+    assert report["ratios"]["(c) / (e)"] == short["(c)"] / short["(e)"]
+    assert all(value > 0 for value in short.values())
+
+
+def test_peer_accuracy_smoke_trains_all_four():
+    result = _run(["benchmarks/peer_accuracy.py", "--smoke"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("| teacher |", "| scratch |", "| keras.distillation |", "| kdkeras |"):
+        assert name in result.stdout
