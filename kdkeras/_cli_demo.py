@@ -25,6 +25,9 @@ def add_parser(subparsers):
         "--student-loss-weight", type=float, default=0.5, help="ground-truth weight (default: 0.5)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backup-dir", help="back up every epoch here; rerun after a crash to resume"
+    )
     parser.add_argument("--no-deploy", action="store_true", help="skip export and benchmark")
     parser.add_argument("--smoke", action="store_true", help="tiny run for tests (seconds)")
     parser.set_defaults(func=run)
@@ -60,6 +63,7 @@ def run(args):
         seed=args.seed,
         make_student=experiments.mlp_student,
         cache_teacher=True,
+        backup_dir=args.backup_dir,
         verbose=verbose,
     )
     rows = result["rows"]

@@ -5,6 +5,7 @@ student, and `compare_output_kd`, which trains the teacher, the student from
 scratch and the same student distilled, under the same seeds and epochs.
 """
 
+import os
 import time
 
 import keras
@@ -97,10 +98,17 @@ def _predict_logits(model, x, batch_size=256):
     )
 
 
-def _fit(model, x, y, epochs, batch_size, verbose, seed):
+def _fit(model, x, y, epochs, batch_size, verbose, seed, backup_dir=None):
     keras.utils.set_random_seed(seed)
     timer = EpochTimer()
-    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose, callbacks=[timer])
+    callbacks = [timer]
+    if backup_dir is not None:
+        from kdkeras.callbacks import BackupAndRestore
+
+        # Kept after success, so that a rerun restores finished trainings
+        # (the teacher) instead of repeating them, and resumes the others.
+        callbacks.append(BackupAndRestore(backup_dir, delete_checkpoint=False))
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose, callbacks=callbacks)
     return timer.times
 
 
@@ -115,6 +123,7 @@ def compare_output_kd(
     teacher=None,
     make_student=cnn_student,
     cache_teacher=False,
+    backup_dir=None,
     verbose=0,
 ):
     """Trains a teacher, a scratch student and a distilled student; compares them.
@@ -138,6 +147,12 @@ def compare_output_kd(
         cache_teacher: compute the teacher's outputs once
             (`Distiller.cache_teacher_outputs`) instead of every batch; the
             same training, faster. Defaults to `False`.
+        backup_dir: a folder for per-epoch backups
+            (`kdkeras.callbacks.BackupAndRestore`, one subfolder per run):
+            run the same call again after a crash to resume each training
+            from its last completed epoch; finished trainings are restored,
+            not repeated. Remove the folder to start over. Defaults to
+            `None` (no backups).
         verbose: Keras verbosity for `fit`. Defaults to 0.
 
     Returns:
@@ -148,17 +163,26 @@ def compare_output_kd(
     (x_train, y_train), (x_test, y_test) = data
     input_shape, num_classes = x_train.shape[1:], int(max(y_train.max(), y_test.max()) + 1)
     teacher_times = []
+
+    def backup(name):
+        return None if backup_dir is None else os.path.join(backup_dir, f"seed{seed}-{name}")
+
     if teacher is None:
         keras.utils.set_random_seed(seed)
         teacher = cnn_teacher(input_shape, num_classes)
         teacher.compile(optimizer="adam", loss=_ce(), metrics=["accuracy"])
-        teacher_times = _fit(teacher, x_train, y_train, teacher_epochs or epochs, batch_size, verbose, seed)
+        teacher_times = _fit(
+            teacher, x_train, y_train, teacher_epochs or epochs, batch_size, verbose, seed,
+            backup("teacher"),
+        )
 
     keras.utils.set_random_seed(seed + 1)
     scratch = make_student(input_shape, num_classes)
     initial = scratch.get_weights()
     scratch.compile(optimizer="adam", loss=_ce(), metrics=["accuracy"])
-    scratch_times = _fit(scratch, x_train, y_train, epochs, batch_size, verbose, seed)
+    scratch_times = _fit(
+        scratch, x_train, y_train, epochs, batch_size, verbose, seed, backup("scratch")
+    )
 
     distilled = keras.models.clone_model(scratch)
     distilled.set_weights(initial)
@@ -170,7 +194,9 @@ def compare_output_kd(
     )
     distiller.compile(optimizer="adam", loss=_ce(), metrics=["accuracy"])
     x_distill = distiller.cache_teacher_outputs(x_train) if cache_teacher else x_train
-    distill_times = _fit(distiller, x_distill, y_train, epochs, batch_size, verbose, seed)
+    distill_times = _fit(
+        distiller, x_distill, y_train, epochs, batch_size, verbose, seed, backup("distilled")
+    )
 
     teacher_pred = _predict_logits(teacher, x_test).argmax(-1)
     rows = []
@@ -186,6 +212,7 @@ def compare_output_kd(
                 "params": int(model.count_params()),
                 "test_accuracy": float((pred == y_test).mean()),
                 "teacher_agreement": float((pred == teacher_pred).mean()),
+                # No epoch ran when a finished training was restored.
                 "epoch_time_s": _steady_epoch_time(times) if times else None,
             }
         )
@@ -214,7 +241,6 @@ def format_table(rows, columns=None):
 def write_results(rows, out_dir, stem, title):
     """Writes `rows` as `<stem>.json` and `<stem>.md` into `out_dir`, atomically."""
     import json
-    import os
 
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, f"{stem}.json")

@@ -41,6 +41,8 @@ from kdkeras import experiments
 
 
 def mean_std(values):
+    if any(v is None for v in values):
+        return "-"  # a training restored from its backup ran no epoch
     values = np.asarray(values, dtype="float64")
     return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}"
 
@@ -57,6 +59,10 @@ def main(argv=None):
         help="mlp: 784-256-10 (203k parameters); cnn: 20k-parameter CNN",
     )
     parser.add_argument("--data", default="mnist-5k")
+    parser.add_argument(
+        "--backup-dir",
+        help="back up every epoch here; rerun the same command after a crash to resume",
+    )
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for tests")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -80,6 +86,7 @@ def main(argv=None):
             seed=seed,
             make_student=experiments.mlp_student if args.student == "mlp" else experiments.cnn_student,
             cache_teacher=True,
+            backup_dir=args.backup_dir,
         )
         rows = result["rows"]
         per_seed.append(rows)

@@ -51,8 +51,23 @@ def test_demo_bad_argument_is_one_line_and_nonzero(tmp_path):
     assert "Received: name='cifar'" in result.stderr
 
 
-def test_output_kd_recipe_smoke():
-    result = _run(["recipes/output_kd.py", "--smoke", "--seeds", "2"])
+def test_output_kd_recipe_smoke(tmp_path):
+    backup = tmp_path / "backup"
+    result = _run(["recipes/output_kd.py", "--smoke", "--seeds", "2", "--backup-dir", str(backup)])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "gap closed" in result.stdout
     assert "| student (distilled) | 203,530 |" in result.stdout
+    # One backup per training; a rerun restores them instead of training.
+    assert sorted(p.name for p in backup.iterdir()) == [
+        f"seed{s}-{name}" for s in (0, 1) for name in ("distilled", "scratch", "teacher")
+    ]
+    again = _run(["recipes/output_kd.py", "--smoke", "--seeds", "2", "--backup-dir", str(backup)])
+    assert again.returncode == 0, again.stderr[-2000:]
+
+    def seed_lines(out):
+        return [line for line in out.splitlines() if line.startswith("seed ")]
+
+    assert seed_lines(again.stdout) == seed_lines(result.stdout)
+    # Restored, not retrained: no epoch ran, so no epoch time.
+    teacher_row = next(line for line in again.stdout.splitlines() if line.startswith("| teacher |"))
+    assert teacher_row.endswith("| - |")
