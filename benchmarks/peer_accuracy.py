@@ -16,9 +16,17 @@ KD term compares temperature-scaled raw logits clipped into [1e-7, 1] and
 skips the softmax and T^2; kdkeras computes KL between the softened
 distributions.
 
-Command:
+Command and result (2 shared CPU cores, 3.4 minutes):
 
     python benchmarks/peer_accuracy.py --seeds 3
+
+    MNIST-5k, 3 seed(s), teacher 6 epochs, students 30 epochs, T=4.0, student_loss_weight=0.5
+    | model | test accuracy |
+    |---|---|
+    | teacher | 0.9717 ± 0.0025 |
+    | scratch | 0.9480 ± 0.0026 |
+    | keras.distillation | 0.9413 ± 0.0047 |
+    | kdkeras | 0.9520 ± 0.0010 |
 """
 
 import argparse
