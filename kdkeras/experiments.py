@@ -219,6 +219,15 @@ def compare_output_kd(
     return {"rows": rows, "teacher": teacher, "scratch": scratch, "distilled": distilled}
 
 
+def mean_std(values):
+    """`"mean ± std"` (sample std, 4 decimals) of numbers; `"-"` if one is `None`."""
+    if any(v is None for v in values):
+        return "-"  # e.g. a training restored from its backup ran no epoch
+    values = np.asarray(values, dtype="float64")
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.4f} ± {std:.4f}"
+
+
 def format_table(rows, columns=None):
     """A Markdown table of dict rows (floats to 4 significant places)."""
     columns = columns or list(rows[0])

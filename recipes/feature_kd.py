@@ -47,12 +47,12 @@ recipes/README.md, section "Feature distillation"):
 
 import argparse
 import sys
-import time
 
 import keras
 import numpy as np
 
 import kdkeras
+from kdkeras import experiments
 
 L = keras.layers
 
@@ -99,17 +99,6 @@ def make_student():
     )
 
 
-class EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
-
-
 def accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, batch_size=500, verbose=0), -1) == y))
 
@@ -118,7 +107,7 @@ def train(model, x, y, epochs, seed):
     """Fits `model` (a student or a Distiller); returns the mean epoch time."""
     sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=sce)
-    timer = EpochTimer()
+    timer = experiments.EpochTimer()
     keras.utils.set_random_seed(1000 + seed)  # same batches for every method
     model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=[timer])
     return float(np.mean(timer.times[1:] if len(timer.times) > 1 else timer.times))
@@ -147,12 +136,6 @@ def run_seed(seed, teacher, data, epochs, methods):
         results[method] = (accuracy(student, x_test, y_test), seconds)
         print(f"seed {seed} {method:>8}: accuracy {results[method][0]:.4f}, epoch {seconds:.2f} s", flush=True)
     return results
-
-
-def mean_std(values):
-    values = np.asarray(values, dtype="float64")
-    std = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.4f} ± {std:.4f}"
 
 
 def main(argv=None):
@@ -195,7 +178,7 @@ def main(argv=None):
         ]
         label = method if method in ("alone", "KD") else f"KD + {method}"
         print(
-            f"| {label} | {mean_std(accs)} | {mean_std(gaps)} | "
+            f"| {label} | {experiments.mean_std(accs)} | {experiments.mean_std(gaps)} | "
             f"{np.mean([r[method][1] for r in per_seed]):.2f} |"
         )
     return 0

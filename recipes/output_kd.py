@@ -34,17 +34,8 @@ time).
 import argparse
 import sys
 
-import numpy as np
-
 import kdkeras
 from kdkeras import experiments
-
-
-def mean_std(values):
-    if any(v is None for v in values):
-        return "-"  # a training restored from its backup ran no epoch
-    values = np.asarray(values, dtype="float64")
-    return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}"
 
 
 def main(argv=None):
@@ -99,9 +90,9 @@ def main(argv=None):
             {
                 "model": name,
                 "params": per_seed[0][i]["params"],
-                "test accuracy": mean_std([rows[i]["test_accuracy"] for rows in per_seed]),
-                "teacher agreement": mean_std([rows[i]["teacher_agreement"] for rows in per_seed]),
-                "epoch time (s)": mean_std([rows[i]["epoch_time_s"] for rows in per_seed]),
+                "test accuracy": experiments.mean_std([rows[i]["test_accuracy"] for rows in per_seed]),
+                "teacher agreement": experiments.mean_std([rows[i]["teacher_agreement"] for rows in per_seed]),
+                "epoch time (s)": experiments.mean_std([rows[i]["epoch_time_s"] for rows in per_seed]),
             }
         )
     gaps = []
@@ -114,7 +105,7 @@ def main(argv=None):
         f"{epochs} epochs, T={args.temperature}, student_loss_weight={args.student_loss_weight}"
     )
     print(experiments.format_table(table))
-    print(f"\ngap closed (KD - scratch) / (teacher - scratch): {mean_std(gaps)}")
+    print(f"\ngap closed (KD - scratch) / (teacher - scratch): {experiments.mean_std(gaps)}")
     return 0
 
 

@@ -41,6 +41,7 @@ import keras
 from keras import layers
 
 import kdkeras
+from kdkeras import experiments
 from kdkeras import transfer
 
 
@@ -114,12 +115,6 @@ def train(student, teacher, data, args, seed, distil):
         shuffle=True, callbacks=[record], verbose=0,
     )  # fmt: skip
     return record.history[0], record.history[-1]
-
-
-def mean_std(values):
-    values = np.asarray(values, dtype="float64")
-    std = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.4f} ± {std:.4f}"
 
 
 def main(argv=None):
@@ -205,7 +200,7 @@ def main(argv=None):
     print("|---|---|---|")
     for name, _, distil in variants:
         first, last = results[name]
-        print(f"| {name} | {'-' if distil is None else mean_std(first)} | {mean_std(last)} |")
+        print(f"| {name} | {'-' if distil is None else experiments.mean_std(first)} | {experiments.mean_std(last)} |")
     print()
     print("| teacher-derived, untrained: removed | test accuracy |")
     print("|---|---|")
