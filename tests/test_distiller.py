@@ -112,6 +112,34 @@ def test_student_and_teacher_run_once_per_step_in_the_right_mode(run_eagerly):
     assert float(t.infer_calls) == 6
 
 
+class TapeProbe(keras.layers.Layer):
+    """Identity layer noting, per call, whether a gradient tape is recording."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.recording = []
+
+    def call(self, x):
+        from tensorflow.python.eager import record
+
+        self.recording.append(record.could_possibly_record())
+        return x
+
+
+def test_teacher_runs_outside_the_gradient_tape_and_student_inside():
+    # Eager steps, so that the probe sees the tape stack of each call.
+    t_probe, s_probe = TapeProbe(name="probe"), TapeProbe(name="probe")
+    teacher = keras.Sequential([keras.Input((6,)), t_probe, keras.layers.Dense(NUM_CLASSES)])
+    student = keras.Sequential([keras.Input((6,)), s_probe, keras.layers.Dense(NUM_CLASSES)])
+    distiller = make(teacher=teacher, student=student)
+    distiller.compile(optimizer="sgd", loss=ce(), run_eagerly=True)
+    t_probe.recording.clear()
+    s_probe.recording.clear()
+    distiller.fit(X, Y, epochs=1, batch_size=8, verbose=0)  # 2 steps
+    assert t_probe.recording == [False, False]
+    assert s_probe.recording == [True, True]
+
+
 def _manual_step(distiller, x, y, sw, lr, alpha, temperature):
     """One SGD step computed by hand from the documented formula."""
     teacher, student = distiller.teacher, distiller.student
