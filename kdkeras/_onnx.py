@@ -86,14 +86,20 @@ def _unconverted_ops(proto):
 
 
 def _onnx_via_keras(model, tmp, specs, opset):
+    import warnings
+
     arg = [specs[0]] if len(specs) == 1 else [list(specs)]
-    model.export(
-        tmp,
-        format="onnx",
-        verbose=False,
-        input_signature=arg,
-        opset_version=opset,
-    )
+    with warnings.catch_warnings():
+        # Keras's tf2onnx shim probes `np.object`, which NumPy 2 warns about
+        # on every export (harmless; remove once Keras drops the probe).
+        warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
+        model.export(
+            tmp,
+            format="onnx",
+            verbose=False,
+            input_signature=arg,
+            opset_version=opset,
+        )
 
 
 def _onnx_via_saved_model(model, tmp, specs, opset):
