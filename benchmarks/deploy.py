@@ -1,7 +1,11 @@
 """Deployment benchmark of the demo teacher/student pair against its targets.
 
-Builds the demo pair on mnist-5k (offline) and trains each briefly with a
-plain `fit` (no distillation: this measures deployment, not accuracy):
+Builds a teacher/student pair on mnist-5k (offline) and trains each briefly
+with a plain `fit` (no distillation: this measures deployment, not accuracy).
+`--pair demo` (the default) is the pair of `kdkeras demo`:
+`kdkeras.experiments.cnn_teacher` (1.2M parameters, BatchNorm, Dropout) and
+`kdkeras.experiments.mlp_student` (784-256-10, 203k parameters). `--pair cnn`
+is a CNN pair:
 
 - teacher: Conv32-Conv64-MaxPool-Dropout-Dense(180)-Dropout-Dense(10),
   about 1.68M parameters;

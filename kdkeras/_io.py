@@ -66,27 +66,51 @@ def atomic_path(path, is_dir=False, suffix=""):
         os.remove(tmp)
     try:
         yield tmp
-        if is_dir:
-            # A folder cannot be replaced over a non-empty folder: move the old
-            # one aside first, then remove it once the new one is in place.
-            old = None
-            if os.path.lexists(path):
-                old = _tmp_name(path + ".old", is_dir=True)
-                os.rmdir(old)
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                _remove(old)
-        else:
-            if not os.path.exists(tmp):
-                raise FileNotFoundError(
-                    f"Expected the writer to create the temporary file. "
-                    f"Received: path={tmp!r}"
-                )
-            os.replace(tmp, path)
+        if not is_dir and not os.path.exists(tmp):
+            raise FileNotFoundError(
+                f"Expected the writer to create the temporary file. "
+                f"Received: path={tmp!r}"
+            )
+        publish(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def publish(tmp, path):
+    """Renames a finished file or folder `tmp` to `path`, replacing it.
+
+    `tmp` must be in the same folder as `path` (same file system).
+    """
+    if os.path.isdir(tmp) and not os.path.islink(tmp):
+        # A folder cannot be replaced over a non-empty folder: move the old
+        # one aside first, then remove it once the new one is in place.
+        old = None
+        if os.path.lexists(path):
+            old = _tmp_name(path + ".old", is_dir=True)
+            os.rmdir(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            _remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def staging_path(path, is_dir=False, suffix=""):
+    """A fresh, unused name beside `path` to build an artifact under.
+
+    Nothing exists at the returned name; write there (atomically), check the
+    result, then `publish` it to `path`, or `discard` it.
+    """
+    tmp = _tmp_name(os.fspath(path) + ".staging", is_dir)
+    _remove(tmp)
+    return tmp + suffix
+
+
+def discard(path):
+    """Removes a file or folder if it exists."""
+    _remove(path)
 
 
 def atomic_write_bytes(path, data):

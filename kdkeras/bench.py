@@ -126,6 +126,7 @@ def benchmark(
     warmup=5,
     threads=None,
     max_eval_samples=None,
+    safe_mode=True,
 ):
     """Measures latency, throughput, size, accuracy and agreement.
 
@@ -141,6 +142,9 @@ def benchmark(
         repeats: interleaved rounds. Defaults to `5`.
         warmup: untimed calls per model and batch size. Defaults to `5`.
         threads: onnxruntime / LiteRT threads. Defaults to all cores.
+        safe_mode: Keras's safe mode for `.keras` files; `False` only for
+            trusted files that hold code (`Lambda` layers). Defaults to
+            `True`.
         max_eval_samples: use at most this many samples for accuracy and
             agreement. Defaults to all.
 
@@ -164,7 +168,7 @@ def benchmark(
             f"Expected reference to be one of {names}. "
             f"Received: reference={reference!r}"
         )
-    runners = [load_runner(m, threads=threads) for _, m in named]
+    runners = [load_runner(m, threads=threads, safe_mode=safe_mode) for _, m in named]
     for (name, _), runner in zip(named, runners):
         check_data_fits(name, runner, x)
 

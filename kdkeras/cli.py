@@ -8,12 +8,21 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# 3 also hides TensorFlow's start-up ERROR lines (such as a failed CUDA
+# probe on a machine without GPU), which would bury one-line errors.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and exit status 1, like every other error."""
+
+    def error(self, message):
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def _build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kdkeras",
         description="Knowledge distillation for Keras.",
     )
@@ -63,7 +72,11 @@ def main(argv=None):
     """Runs the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--debug" not in argv:
-        _import_tensorflow_quietly()
+        try:
+            _import_tensorflow_quietly()
+        except ImportError as e:
+            print(f"kdkeras: error: cannot import TensorFlow ({e})", file=sys.stderr)
+            return 1
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:

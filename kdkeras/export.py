@@ -29,6 +29,7 @@ import re
 
 import numpy as np
 
+from kdkeras import _io
 from kdkeras import _onnx
 from kdkeras import _runtime
 from kdkeras._io import atomic_path
@@ -50,7 +51,7 @@ class ParityError(RuntimeError):
 
     def __init__(self, message, report=None):
         super().__init__(message)
-        self.report = report or {}
+        self.report = {"passed": False, **(report or {})}
 
 
 def max_onnx_opset():
@@ -222,11 +223,17 @@ def parity_figures(reference, outputs):
                 f"Expected an artifact output shaped {ref.shape}. "
                 f"Received: shape={out.shape}"
             )
-        if not np.all(np.isfinite(out)) and np.all(np.isfinite(ref)):
-            max_diff = float("inf")
-        else:
-            diff = np.abs(ref.astype("float64") - out.astype("float64"))
-            max_diff = max(max_diff, float(np.max(diff)) if diff.size else 0.0)
+        ref64, out64 = ref.astype("float64"), out.astype("float64")
+        # Non-finite values count as an infinite difference unless both sides
+        # hold the same value there (NaN != NaN, so compare NaN masks too):
+        # a NaN must never hide a difference elsewhere.
+        same_nonfinite = (ref64 == out64) | (np.isnan(ref64) & np.isnan(out64))
+        diff = np.where(
+            np.isfinite(ref64) & np.isfinite(out64),
+            np.abs(ref64 - out64),
+            np.where(same_nonfinite, 0.0, np.inf),
+        )
+        max_diff = max(max_diff, float(np.max(diff)) if diff.size else 0.0)
         if ref.ndim >= 2 and ref.shape[-1] >= 2:
             agree = float(np.mean(ref.argmax(-1) == out.argmax(-1)))
             agreement = agree if agreement is None else min(agreement, agree)
@@ -268,8 +275,19 @@ def check_parity(
     Returns:
         A `dict` of parity figures, with `passed`.
     """
+    if not len(inputs) or not len(inputs[0]):
+        raise ValueError(
+            "Expected at least one sample to check parity on. "
+            f"Received: {len(inputs[0]) if len(inputs) else 0} samples"
+        )
     if reference is None:
         reference = keras_outputs(model, inputs)
+    if not all(np.all(np.isfinite(r)) for r in reference):
+        raise ParityError(
+            "Expected finite outputs from the Keras model on the parity "
+            "samples. Received: NaN or Inf in the reference outputs",
+            {"passed": False, "reference_finite": False},
+        )
     per_batch = {}
     for bs in batch_sizes:
         outputs = _runtime.run_batched(runner, inputs, int(bs))
@@ -280,6 +298,14 @@ def check_parity(
         v["agreement"] for v in per_batch.values() if v["agreement"] is not None
     ]
     agreement = min(agreements) if agreements else None
+    if gate == "agreement" and agreement is None:
+        raise ParityError(
+            "The agreement gate needs class outputs (last dimension >= 2); "
+            "this model has none, so int8 parity cannot be judged by "
+            "agreement. Received: output shapes "
+            f"{[tuple(r.shape) for r in reference]}",
+            {"passed": False, "agreement": None},
+        )
     ok_agree = agreement is None or agreement >= min_agreement
     passed = ok_agree and (gate == "agreement" or max_diff <= atol)
     return {
@@ -351,6 +377,12 @@ def _write_saved_model(model, path, specs):
 
 
 # Manifest --------------------------------------------------------------------
+
+
+def failed_path(path):
+    """Where an artifact that failed its parity gate is kept: `x.failed.onnx`."""
+    root, ext = os.path.splitext(os.fspath(path).rstrip("/"))
+    return f"{root}.failed{ext}"
 
 
 def file_digest(path):
@@ -520,18 +552,27 @@ def export(
         data = "random"
         samples = random_inputs(model, specs, num_samples, seed)
 
-    if format == "onnx":
-        info = _onnx.write_onnx(model, path, specs, opset, route)
-    elif format == "tflite":
-        info = _write_tflite(model, path, specs)
-    elif format == "saved_model":
-        info = _write_saved_model(model, path, specs)
-    else:
-        info = _write_keras(model, path)
+    # Built under a staging name and renamed into place only once it passes
+    # the gate: a failed export leaves the previous artifact untouched.
+    staging = _io.staging_path(
+        path, is_dir=format == "saved_model", suffix=os.path.splitext(path)[1]
+    )
+    try:
+        if format == "onnx":
+            info = _onnx.write_onnx(model, staging, specs, opset, route)
+        elif format == "tflite":
+            info = _write_tflite(model, staging, specs)
+        elif format == "saved_model":
+            info = _write_saved_model(model, staging, specs)
+        else:
+            info = _write_keras(model, staging)
+    except BaseException:
+        _io.discard(staging)
+        raise
 
     return gate(
         model,
-        path,
+        staging,
         format,
         samples,
         specs=specs,
@@ -543,6 +584,7 @@ def export(
         batch_sizes=batch_sizes,
         threads=threads,
         safe_mode=safe_mode,
+        publish_as=path,
     )
 
 
@@ -563,11 +605,17 @@ def gate(
     parity_gate="diff",
     extra=None,
     safe_mode=True,
+    publish_as=None,
 ):
     """Loads an artifact, checks parity, writes its manifest; raises on failure.
 
     Used by `export` and by `kdkeras.quantize` (with `parity_gate=
     "agreement"`). Returns the manifest.
+
+    With `publish_as`, `path` is a staging name: an artifact that passes is
+    renamed to `publish_as`; one that fails is kept as `failed_path(
+    publish_as)` for inspection, so a failed export never replaces a good
+    artifact (nor its manifest).
     """
     samples = _runtime.as_input_list(samples)
     specs = specs or input_specs(model, samples)
@@ -608,6 +656,14 @@ def gate(
         report.update(figures)
         report["passed"] = figures["passed"]
     finally:
+        if publish_as is not None:
+            final = os.fspath(publish_as)
+            if not report["passed"]:
+                final = failed_path(final)
+            if os.path.lexists(path):
+                _io.publish(path, final)
+            path = final
+            manifest["path"] = os.path.basename(path.rstrip("/"))
         size, sha = file_digest(path) if os.path.exists(path) else (None, None)
         inputs, outputs = _io_description(runner, specs, reference)
         manifest.update(

@@ -33,6 +33,7 @@ import platform
 
 import numpy as np
 
+from kdkeras import _io
 from kdkeras import _runtime
 from kdkeras import export as _export
 from kdkeras._io import atomic_path
@@ -303,7 +304,10 @@ def quantize(
         cal = [c[:num_calibration] for c in _runtime.as_input_list(calibration_data)]
         _export.check_input_shapes(specs, cal)
 
-    with atomic_path(path, suffix=".onnx") as tmp:
+    # Built under a staging name, renamed into place once it passes the gate.
+    target = os.fspath(path)
+    staged = _io.staging_path(target, suffix=".onnx")
+    with atomic_path(staged, suffix=".onnx") as tmp:
         prep = tmp + ".prep.onnx"
         try:
             # Shape inference + graph fusions first, as onnxruntime advises;
@@ -352,15 +356,15 @@ def quantize(
                 os.remove(prep)
 
     float_runner = _runtime.OnnxRunner(onnx_path, threads)
-    int8_runner = _runtime.OnnxRunner(path, threads)
+    int8_runner = _runtime.OnnxRunner(staged, threads)
     report = {"model_kind": kind, **settings}
-    report["size_ratio"] = os.path.getsize(path) / os.path.getsize(onnx_path)
+    report["size_ratio"] = os.path.getsize(staged) / os.path.getsize(onnx_path)
     report.update(
         compare_runners(float_runner, int8_runner, x, y, batch_size=batch_size)
     )
     return _export.gate(
         model,
-        path,
+        staged,
         "onnx",
         x,
         specs=specs,
@@ -372,6 +376,7 @@ def quantize(
         threads=threads,
         parity_gate="agreement",
         extra={"quantization": report, "source": os.path.basename(onnx_path)},
+        publish_as=target,
     )
 
 
@@ -396,9 +401,10 @@ def quantize_tflite(
     _export.check_input_shapes(specs, x)
     cal = [c[:num_calibration] for c in _runtime.as_input_list(calibration_data)]
     _export.check_input_shapes(specs, cal)
-    path = os.fspath(path)
-    info = _export._write_tflite(model, path, specs, calibration=cal)
-    runner = _runtime.TFLiteRunner(path, threads)
+    target = os.fspath(path)
+    staged = _io.staging_path(target, suffix=".tflite")
+    info = _export._write_tflite(model, staged, specs, calibration=cal)
+    runner = _runtime.TFLiteRunner(staged, threads)
     out = _runtime.run_batched(runner, x, 64)
     ref = _export.keras_outputs(model, x)
     report = {
@@ -412,7 +418,7 @@ def quantize_tflite(
     }
     return _export.gate(
         model,
-        path,
+        staged,
         "tflite",
         x,
         specs=specs,
@@ -422,4 +428,5 @@ def quantize_tflite(
         threads=threads,
         parity_gate="agreement",
         extra={"quantization": report},
+        publish_as=target,
     )

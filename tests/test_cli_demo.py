@@ -71,3 +71,20 @@ def test_output_kd_recipe_smoke(tmp_path):
     # Restored, not retrained: no epoch ran, so no epoch time.
     teacher_row = next(line for line in again.stdout.splitlines() if line.startswith("| teacher |"))
     assert teacher_row.endswith("| - |")
+
+
+def test_errors_are_one_line_in_a_bare_environment(tmp_path):
+    # No TF_CPP_MIN_LOG_LEVEL or other settings: what a user's shell has.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    for args in (
+        ["export", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "o")],
+        ["export", str(tmp_path / "missing.keras")],  # usage error: no --out
+        ["bench", "x.onnx", "--data", "digits", "--calls", "0"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "kdkeras.cli", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 1, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and ": error: " in lines[0], (args, result.stderr)

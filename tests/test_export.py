@@ -285,6 +285,64 @@ def test_nan_outputs_fail_the_gate():
     assert diff == float("inf")
 
 
+def test_a_nan_never_hides_a_difference():
+    ref = [np.array([[np.nan, 1.0], [0.0, 1.0]], "float32")]
+    out = [np.array([[5.0, 100.0], [0.0, -50.0]], "float32")]
+    diff, _ = ex.parity_figures(ref, out)
+    assert diff == float("inf")  # the NaN position differs (5.0 vs NaN)
+    out_same_nan = [np.array([[np.nan, 100.0], [0.0, -50.0]], "float32")]
+    diff, _ = ex.parity_figures(ref, out_same_nan)
+    assert diff == pytest.approx(99.0)
+    assert ex.parity_figures(ref, [ref[0].copy()])[0] == 0.0
+
+
+def test_non_finite_reference_or_no_samples_fail_the_check():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Identity()])
+    runner = _runtime.KerasRunner(model)
+    with pytest.raises(ex.ParityError, match="finite outputs from the Keras model"):
+        ex.check_parity(model, runner, [np.array([[np.nan, 1.0]], "float32")], batch_sizes=(1,))
+    with pytest.raises(ValueError, match="at least one sample"):
+        ex.check_parity(model, runner, [np.zeros((0, 2), "float32")], batch_sizes=(1,))
+
+
+def test_agreement_gate_refuses_outputs_without_classes():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    x = np.random.default_rng(0).random((4, 2)).astype("float32")
+    with pytest.raises(ex.ParityError, match="needs class outputs"):
+        ex.check_parity(model, _runtime.KerasRunner(model), [x], batch_sizes=(2,), gate="agreement")
+
+
+def test_a_failed_export_keeps_the_previous_artifact(tmp_path, images, monkeypatch):
+    model = _with_moving_stats(_cnn())
+    path = str(tmp_path / "model.tflite")
+    first = ex.export(model, path, "tflite", sample_inputs=images, batch_sizes=BATCH_SIZES)
+    before = open(path, "rb").read()
+    manifest_before = open(path + ".manifest.json").read()
+
+    # The next export's artifact is wrong: its runtime adds 1 to every output.
+    real = _runtime.load_runner
+
+    def off_by_one(p, *args, **kwargs):
+        runner = real(p, *args, **kwargs)
+        run = runner.run
+        runner.run = lambda inputs: [o + 1.0 for o in run(inputs)]
+        return runner
+
+    monkeypatch.setattr(_runtime, "load_runner", off_by_one)
+    with pytest.raises(ex.ParityError):
+        ex.export(_with_moving_stats(_cnn(seed=3)), path, "tflite", sample_inputs=images,
+                  batch_sizes=BATCH_SIZES)
+    assert open(path, "rb").read() == before
+    assert open(path + ".manifest.json").read() == manifest_before
+    failed = ex.failed_path(path)
+    assert failed.endswith("model.failed.tflite") and os.path.isfile(failed)
+    with open(failed + ".manifest.json") as f:
+        assert json.load(f)["parity"]["passed"] is False
+    assert first["parity"]["passed"] is True
+    leftovers = [n for n in os.listdir(tmp_path) if ".tmp-" in n or ".staging" in n]
+    assert leftovers == []
+
+
 def test_refuses_kdkeras_objects(folder):
     student = _cnn()
 
