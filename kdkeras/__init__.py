@@ -3,12 +3,23 @@
 `Distiller`, `LogitsDistillation`, `FeatureDistillation` and
 `DistillationLoss` are drop-ins for the names of `keras.distillation`.
 
-Public names are imported on first use, so `import kdkeras` (and the
-`kdkeras` command's start-up) does not load TensorFlow until it is needed.
-To add a public name, add it to `_EXPORTS` (name -> module).
+`import kdkeras` registers the Keras-serializable classes (the `Distiller`
+and every distillation term), so `keras.saving.load_model` can read a saved
+Distiller; the other public names (export, bench, transfer, ...) are
+imported on first use. To add a public name, add it to `_EXPORTS`
+(name -> module).
 """
 
 import importlib
+
+from kdkeras import _startup
+
+if _startup.is_command():
+    _startup.import_tensorflow_quietly()
+
+# Registers Distiller and the loss classes with Keras's serialization.
+from kdkeras import distiller as _distiller  # noqa: E402,F401
+from kdkeras import losses as _losses  # noqa: E402,F401
 
 __version__ = "0.1.0"
 

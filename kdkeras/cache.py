@@ -37,23 +37,32 @@ def unpack_inputs(x):
     return unpack(x)[0]
 
 
-def _dataset_graph_ops(dataset):
-    """Op types in a dataset's graph, functions (map bodies) included."""
+def _dataset_graph_nodes(dataset):
+    """Nodes of a dataset's graph, functions (map bodies) included."""
     import tensorflow as tf
 
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(dataset._as_serialized_graph().numpy())
-    ops = {node.op for node in graph_def.node}
+    nodes = list(graph_def.node)
     for function in graph_def.library.function:
-        ops.update(node.op for node in function.node_def)
-    return ops
+        nodes.extend(function.node_def)
+    return nodes
 
 
 def nondeterministic_ops(dataset):
-    """The ops of `dataset` that change its batches from epoch to epoch."""
-    ops = _dataset_graph_ops(dataset)
-    bad = {op for op in ops if op in _NONDETERMINISTIC_DATASET_OPS}
-    bad.update(op for op in ops if "Random" in op)
+    """The ops of `dataset` that change its batches from epoch to epoch.
+
+    Shuffling and sampling ops, random-number ops (augmentation), and
+    parallel ops allowed to reorder elements (`deterministic=False` on the
+    op, or in the dataset's options).
+    """
+    bad = set()
+    for node in _dataset_graph_nodes(dataset):
+        if node.op in _NONDETERMINISTIC_DATASET_OPS or "Random" in node.op:
+            bad.add(node.op)
+        flag = node.attr["deterministic"].s if "deterministic" in node.attr else b""
+        if flag == b"false":
+            bad.add(f"{node.op}(deterministic=False)")
     if dataset.options().deterministic is False:
         bad.add("options.deterministic=False")
     return sorted(bad)

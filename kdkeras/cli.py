@@ -5,13 +5,10 @@ Errors print one line (`kdkeras: error: ...`) and exit with status 1;
 """
 
 import argparse
-import os
 import sys
 
-# 3 also hides TensorFlow's start-up ERROR lines (such as a failed CUDA
-# probe on a machine without GPU), which would bury one-line errors.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# TensorFlow's start-up lines are kept off stderr by kdkeras/__init__.py
+# when the process is this command (see kdkeras/_startup.py).
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,40 +40,9 @@ def _build_parser():
     return parser
 
 
-def _import_tensorflow_quietly():
-    """Imports TensorFlow with its C++ start-up log lines kept off stderr.
-
-    TensorFlow's native libraries print several informational lines while
-    loading, before `TF_CPP_MIN_LOG_LEVEL` takes effect; they would bury the
-    one-line error messages of this command. Stderr is restored at once, and
-    an import error is still raised and reported.
-    """
-    import io
-
-    try:
-        saved = os.dup(2)
-    except (OSError, io.UnsupportedOperation):
-        import tensorflow  # noqa: F401
-
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def main(argv=None):
     """Runs the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--debug" not in argv:
-        try:
-            _import_tensorflow_quietly()
-        except ImportError as e:
-            print(f"kdkeras: error: cannot import TensorFlow ({e})", file=sys.stderr)
-            return 1
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,7 +1,5 @@
 """The `Distiller`: a `keras.Model` that trains a student from a frozen teacher."""
 
-import math
-
 import keras
 from keras import ops
 
@@ -11,6 +9,7 @@ from kdkeras import cache as cache_lib
 from kdkeras import checks
 from kdkeras import taps
 from kdkeras.losses.base import DistillationLoss
+from kdkeras.losses.base import is_finite_number
 from kdkeras.losses.base import reduce_per_sample
 from kdkeras.losses.logits import ensemble_logits
 
@@ -18,14 +17,6 @@ try:  # keras >= 3.12
     from keras.distillation import DistillationLoss as _AnyDistillationLoss
 except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin
     _AnyDistillationLoss = DistillationLoss
-
-
-def _is_number(value):
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
 
 
 def _snake(name):
@@ -202,13 +193,13 @@ class Distiller(keras.Model):
                 f"distillation_loss_weights={distillation_loss_weights!r}"
             )
         for w in weights:
-            if not _is_number(w) or w < 0:
+            if not is_finite_number(w) or w < 0:
                 raise ValueError(
                     "Expected every distillation loss weight to be a finite "
                     "number >= 0. Received: "
                     f"distillation_loss_weights={distillation_loss_weights!r}"
                 )
-        if not _is_number(student_loss_weight) or not 0 <= student_loss_weight <= 1:
+        if not is_finite_number(student_loss_weight) or not 0 <= student_loss_weight <= 1:
             raise ValueError(
                 "Expected `student_loss_weight` to be a number in [0, 1]. "
                 f"Received: student_loss_weight={student_loss_weight!r}"
@@ -218,7 +209,7 @@ class Distiller(keras.Model):
             if (
                 tw is None
                 or len(tw) != len(teachers)
-                or not all(_is_number(w) and w >= 0 for w in tw)
+                or not all(is_finite_number(w) and w >= 0 for w in tw)
                 or sum(tw) <= 0
             ):
                 raise ValueError(
@@ -273,6 +264,14 @@ class Distiller(keras.Model):
                     "it is ambiguous which one to tap. Received: "
                     f"{len(self._teachers)} teachers and distillation_losses[{i}] "
                     f"with teacher_layer_name={t_name!r}"
+                )
+            if t_name is None and len(self._teachers) > 1 and not hasattr(term, "temperature"):
+                raise ValueError(
+                    "With several teachers, output terms must be logit terms "
+                    "(with a `temperature`, such as LogitsDistillation, DKD, DIST): "
+                    "their soft targets are averaged at that temperature. Other "
+                    "terms would compare against averaged log-probabilities. "
+                    f"Received: distillation_losses[{i}]={type(term).__name__}"
                 )
             self._teacher_taps.append(
                 None if t_name is None else taps.find_layer(self._teachers[0], t_name, "teacher")
@@ -332,6 +331,13 @@ class Distiller(keras.Model):
             )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
+    def compile_from_config(self, config):
+        """Recompiles a loaded Distiller (its `compile` is overridden)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     # ------------------------------------------------------------- forward
 
     def call(self, inputs, training=None):
@@ -387,7 +393,7 @@ class Distiller(keras.Model):
         elif len(self._teachers) == 1:
             t_value = targets["outputs"][0]
         else:
-            temperature = getattr(term, "temperature", 1.0)
+            temperature = term.temperature  # checked in _resolve_taps
             t_value = keras.tree.map_structure(
                 lambda *outs: ensemble_logits(list(outs), self._teacher_weight_list(), temperature),
                 *targets["outputs"],
@@ -434,7 +440,10 @@ class Distiller(keras.Model):
             w * v for w, v in zip(self.distillation_loss_weights, terms)
         )
         total = total + (1.0 - self.student_loss_weight) * distill
-        regularization = [ops.sum(ops.cast(l, "float32")) for l in self.student.losses]
+        owners = [self.student, *(a for a in self.adapters if a is not None)]
+        regularization = [
+            ops.sum(ops.cast(l, "float32")) for owner in owners for l in owner.losses
+        ]
         if regularization:
             total = total + _scale_for_replicas(ops.sum(regularization))
         return total, ground_truth, terms

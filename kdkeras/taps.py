@@ -22,11 +22,6 @@ def iter_layers(model):
             yield layer
 
 
-def layer_names(model):
-    """Names of every layer inside `model` (nested models included)."""
-    return [layer.name for layer in iter_layers(model)]
-
-
 def find_layer(model, layer, role="model"):
     """Resolves a layer name or layer object to a layer inside `model`.
 

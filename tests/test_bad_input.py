@@ -216,11 +216,31 @@ def test_non_finite_teacher_outputs_name_the_step_and_the_teacher():
     assert "student_loss=" in message  # finite, shown for comparison
 
 
-def test_guard_is_not_added_twice():
+def test_guard_is_added_once(monkeypatch):
     x, y = _data()
+    received = []
+    real_fit = keras.Model.fit
+
+    import functools
+    import inspect
+
+    @functools.wraps(real_fit)  # keeps fit's signature, which kdkeras binds
+    def spy(self, *args, **kwargs):
+        bound = inspect.signature(real_fit).bind(self, *args, **kwargs)
+        received.append(list(bound.arguments.get("callbacks") or []))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
     guard = kdkeras.callbacks.TerminateOnNonFinite()
     history = _distiller().fit(x, y, verbose=0, callbacks=[guard])
+    _distiller().fit(x, y, verbose=0)
     assert math.isfinite(history.history["loss"][0])
+    guards = [
+        [c for c in callbacks if isinstance(c, kdkeras.callbacks.TerminateOnNonFinite)]
+        for callbacks in received
+    ]
+    assert [len(g) for g in guards] == [1, 1], received  # the user's, then one added
+    assert guards[0][0] is guard
 
 
 # ------------------------------------------------------------- files

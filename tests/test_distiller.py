@@ -224,15 +224,34 @@ def test_unlabeled_batches_train_on_distillation_terms_alone():
     assert np.isfinite(history.history["loss"][0])
 
 
-def test_sample_weight_zero_removes_samples_from_every_term():
-    distiller = make(terms=[kdkeras.LogitsDistillation(2.0), kdkeras.DIST()])
+def test_sample_weight_zero_removes_samples_from_per_sample_terms():
+    terms = [
+        kdkeras.LogitsDistillation(2.0),
+        kdkeras.FeatureDistillation(teacher_layer_name="logits", student_layer_name="logits"),
+        kdkeras.DKD(),
+    ]
+    distiller = make(terms=terms)
     distiller.compile(optimizer="sgd", loss=ce())
     weights = np.r_[np.ones(8), np.zeros(8)].astype("float32")
     weighted = distiller.evaluate(X, Y, sample_weight=weights, batch_size=16, return_dict=True, verbose=0)
     t = distiller.teacher(X[:8], training=False)
     s = distiller.student(X[:8], training=False)
-    kd_first_half = float(tf.reduce_sum(losses.kd_loss(t, s, 2.0))) / 16
-    assert weighted["logits_distillation_loss"] == pytest.approx(kd_first_half, rel=1e-5)
+    # sum over the kept half, divided by the full batch (sum_over_batch_size)
+    want = {
+        "logits_distillation_loss": float(tf.reduce_sum(losses.kd_loss(t, s, 2.0))) / 16,
+        "feature_distillation_loss": float(tf.reduce_sum(tf.reduce_mean((t - s) ** 2, -1))) / 16,
+        "dkd_loss": float(tf.reduce_sum(losses.dkd_loss(t, s, Y[:8]))) / 16,
+    }
+    for name, value in want.items():
+        assert weighted[name] == pytest.approx(value, rel=1e-5), name
+
+
+def test_sequence_mask_on_a_term_with_one_value_per_sample_is_a_clear_error():
+    values = tf.ones((2, 3))  # e.g. logits KD over (batch, steps, classes)
+    mask = tf.constant([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert float(losses.reduce_per_sample(values, mask)) == pytest.approx(3 / 6)
+    with pytest.raises(ValueError, match=r"Received: sample_weight.shape=\(2, 3\)"):
+        losses.reduce_per_sample(tf.ones((2,)), mask)
 
 
 def test_mirrored_strategy_step_equals_single_device_step():
@@ -288,6 +307,41 @@ def test_multi_teacher_averages_soft_targets():
     kd = tf.reduce_mean(tf.reduce_sum(p * (tf.math.log(p) - log_q), -1)) * temperature**2
     assert result["logits_distillation_loss"] == pytest.approx(float(kd), rel=1e-5)
     assert not t1.trainable and not t2.trainable
+
+
+def test_several_teachers_need_logit_terms():
+    with pytest.raises(ValueError, match="Received: distillation_losses\\[0\\]=FeatureDistillation"):
+        kdkeras.Distiller([mlp(8, "t1"), mlp(8, "t2")], mlp(4, "s"), kdkeras.FeatureDistillation())
+
+
+def test_saved_distiller_reloads_compiled_after_import_kdkeras(tmp_path):
+    distiller = make(terms=[kdkeras.LogitsDistillation(3.0), kdkeras.DKD()])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05), loss=ce(), metrics=["accuracy"])
+    distiller.fit(X, Y, epochs=1, verbose=0)
+    path = tmp_path / "distiller.keras"
+    distiller.save(path)
+    before = distiller.evaluate(X, Y, return_dict=True, verbose=0)
+    code = (
+        "import keras, kdkeras, numpy as np, sys\n"
+        f"m = keras.saving.load_model({str(path)!r})\n"
+        "x = np.load(sys.argv[1]); y = np.load(sys.argv[2])\n"
+        "r = m.evaluate(x, y, return_dict=True, verbose=0)\n"
+        "print(type(m).__name__, type(m.optimizer).__name__, repr(r['loss']), repr(r['dkd_loss']))\n"
+    )
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "y.npy", Y)
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, optimizer, loss, dkd = result.stdout.split()[-4:]
+    assert (name, optimizer) == ("Distiller", "SGD")
+    assert float(loss) == pytest.approx(before["loss"], rel=1e-5)
+    assert float(dkd) == pytest.approx(before["dkd_loss"], rel=1e-5)
 
 
 def test_keras_distillation_terms_are_accepted():
@@ -354,16 +408,24 @@ def test_cached_teacher_outputs_give_the_same_training_as_online():
 
 
 def test_cached_arrays_stay_aligned_when_fit_shuffles():
-    distiller = make(student_loss_weight=0.0)
-    distiller.compile(optimizer="sgd")
-    cached = distiller.cache_teacher_outputs(X)
-    online = distiller.evaluate(X, batch_size=16, return_dict=True, verbose=0)
-    distiller.fit(cached, epochs=1, batch_size=4, shuffle=True, verbose=0)
-    online = distiller.evaluate(X, batch_size=16, return_dict=True, verbose=0)
-    from_cache = distiller.evaluate(cached, batch_size=16, return_dict=True, verbose=0)
-    assert from_cache["logits_distillation_loss"] == pytest.approx(
-        online["logits_distillation_loss"], rel=1e-6
+    def run(cached):
+        distiller = make(student_loss_weight=0.3)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=ce())
+        x = distiller.cache_teacher_outputs(X) if cached else X
+        keras.utils.set_random_seed(7)
+        distiller.fit(x, Y, epochs=2, batch_size=4, shuffle=True, verbose=0)
+        return [w.numpy() for w in distiller.student.trainable_variables]
+
+    online, cached = run(False), run(True)
+    unshuffled = make(student_loss_weight=0.3)
+    unshuffled.compile(optimizer=keras.optimizers.SGD(0.1), loss=ce())
+    unshuffled.fit(X, Y, epochs=2, batch_size=4, shuffle=False, verbose=0)
+    # The shuffle changed the training, and cached targets followed it exactly.
+    assert any(
+        np.abs(a - b).max() > 1e-4 for a, b in zip(online, unshuffled.student.get_weights())
     )
+    for a, b in zip(online, cached):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_cache_on_a_deterministic_dataset_and_refusal_for_shuffle_or_augmentation():
@@ -381,6 +443,11 @@ def test_cache_on_a_deterministic_dataset_and_refusal_for_shuffle_or_augmentatio
     ).batch(4)
     with pytest.raises(ValueError, match="Random"):
         distiller.cache_teacher_outputs(noisy)
+    reordering = tf.data.Dataset.from_tensor_slices((X, Y)).map(
+        lambda x, y: (x * 2.0, y), num_parallel_calls=2, deterministic=False
+    ).batch(4)
+    with pytest.raises(ValueError, match="deterministic=False"):
+        distiller.cache_teacher_outputs(reordering)
 
 
 @pytest.mark.parametrize(

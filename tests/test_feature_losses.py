@@ -304,7 +304,7 @@ def test_invalid_arguments_are_refused():
         kdkeras.FeatureDistillation(adapter="conv")
     with pytest.raises(ValueError, match="None or a keras.layers.Layer"):
         kdkeras.RKD(adapter="auto")
-    with pytest.raises(ValueError, match="p"):
+    with pytest.raises(ValueError, match="Received: p=0"):
         kdkeras.AttentionTransfer(p=0)
     with pytest.raises(ValueError, match="angle_weight"):
         kdkeras.RKD(angle_weight=-1.0)

@@ -196,6 +196,14 @@ def test_temperature_must_be_positive_finite_number(bad):
         kdkeras.DKD(temperature=bad)
 
 
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan"), True, "1"])
+def test_dkd_and_dist_weights_must_be_finite_non_negative_numbers(bad):
+    with pytest.raises(ValueError, match="Received: beta="):
+        kdkeras.DKD(beta=bad)
+    with pytest.raises(ValueError, match="Received: gamma="):
+        kdkeras.DIST(gamma=bad)
+
+
 def test_unknown_logits_loss_is_refused():
     with pytest.raises(ValueError, match="Received: loss='mse'"):
         kdkeras.LogitsDistillation(loss="mse")

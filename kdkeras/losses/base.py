@@ -1,5 +1,7 @@
 """The base class of every kdkeras distillation term, and its reduction."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -7,6 +9,15 @@ try:  # keras >= 3.12
     from keras.distillation import DistillationLoss as _KerasDistillationLoss
 except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin
     _KerasDistillationLoss = object
+
+
+def is_finite_number(value):
+    """Whether `value` is a finite int or float (a bool is not a number here)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 def reduce_per_sample(values, sample_weight=None):
@@ -30,6 +41,14 @@ def reduce_per_sample(values, sample_weight=None):
     if sample_weight is not None:
         sample_weight = ops.cast(sample_weight, "float32")
         while len(sample_weight.shape) > len(values.shape):
+            if sample_weight.shape[-1] not in (1, None):
+                raise ValueError(
+                    "Expected `sample_weight` broadcastable to this term's "
+                    f"per-sample values of shape {tuple(values.shape)} (a term "
+                    "that reduces features to one value per sample takes "
+                    "(batch,) weights, not a per-step mask). Received: "
+                    f"sample_weight.shape={tuple(sample_weight.shape)}"
+                )
             sample_weight = ops.squeeze(sample_weight, axis=-1)
         while len(sample_weight.shape) < len(values.shape):
             sample_weight = ops.expand_dims(sample_weight, axis=-1)

@@ -7,12 +7,11 @@ precision. The T^2 factor of Hinton et al. is applied inside the functions
 (and only there), so the gradient scale does not change with the temperature.
 """
 
-import math
-
 import keras
 from keras import ops
 
 from kdkeras.losses.base import DistillationLoss
+from kdkeras.losses.base import is_finite_number
 
 _KL_NAMES = ("kl_divergence", "kld", "kullback_leibler_divergence")
 _REVERSE_KL_NAMES = ("reverse_kl_divergence", "reverse_kld")
@@ -20,15 +19,17 @@ _CE_NAMES = ("categorical_crossentropy",)
 
 
 def _check_temperature(temperature):
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
+    if not is_finite_number(temperature) or temperature <= 0:
         raise ValueError(
             "Expected `temperature` to be a finite number > 0. "
             f"Received: temperature={temperature!r}"
+        )
+
+
+def _check_weight(arg, value):
+    if not is_finite_number(value) or value < 0:
+        raise ValueError(
+            f"Expected `{arg}` to be a finite number >= 0. Received: {arg}={value!r}"
         )
 
 
@@ -196,9 +197,11 @@ def dist_loss(teacher_logits, student_logits, beta=1.0, gamma=1.0, temperature=1
 
     Inter-class: `1 - pearson(p_s[i, :], p_t[i, :])` per sample. Intra-class:
     `1 - pearson(p_s[:, c], p_t[:, c])` per class across the batch, averaged
-    over classes; a batch-level quantity, added to every sample's value (so
-    the batch mean equals the paper's loss; sample weights weight the
-    inter-class part only). Both are scaled by T^2.
+    over classes; a batch-level quantity, added to every sample's value, so
+    the batch mean equals the paper's loss. Sample weights therefore weight
+    the inter-class part per sample and scale the intra-class part by their
+    mean; every sample of the batch, zero-weighted ones included, enters the
+    intra-class correlations. Both parts are scaled by T^2.
 
     Args:
         teacher_logits: `(batch, num_classes)` logits of the teacher.
@@ -339,12 +342,8 @@ class DKD(DistillationLoss):
     def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, name=None):
         super().__init__(name=name)
         _check_temperature(temperature)
-        for arg, value in (("alpha", alpha), ("beta", beta)):
-            if not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(
-                    f"Expected `{arg}` to be a number >= 0. "
-                    f"Received: {arg}={value!r}"
-                )
+        _check_weight("alpha", alpha)
+        _check_weight("beta", beta)
         self.alpha = alpha
         self.beta = beta
         self.temperature = temperature
@@ -388,12 +387,8 @@ class DIST(DistillationLoss):
     def __init__(self, beta=1.0, gamma=1.0, temperature=1.0, name=None):
         super().__init__(name=name)
         _check_temperature(temperature)
-        for arg, value in (("beta", beta), ("gamma", gamma)):
-            if not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(
-                    f"Expected `{arg}` to be a number >= 0. "
-                    f"Received: {arg}={value!r}"
-                )
+        _check_weight("beta", beta)
+        _check_weight("gamma", gamma)
         self.beta = beta
         self.gamma = gamma
         self.temperature = temperature
