@@ -230,4 +230,6 @@ def fit_with_checks(fit, distiller, *args, **kwargs):
             arguments["callbacks"] = [TerminateOnNonFinite()]
         elif isinstance(callbacks, (list, tuple)):
             arguments["callbacks"] = [*callbacks, TerminateOnNonFinite()]
+        else:  # a keras.callbacks.CallbackList
+            arguments["callbacks"] = [*callbacks.callbacks, TerminateOnNonFinite()]
     return fit(*bound.args, **bound.kwargs)
