@@ -4,7 +4,6 @@ Two worker processes on 127.0.0.1 train the same tiny Distiller (teacher
 online, then from cached teacher outputs); see tests/_mw_worker.py.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -14,6 +13,8 @@ import numpy as np
 import pytest
 
 from kdkeras import _multiworker
+
+from _worker_env import worker_env  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_mw_worker.py")
@@ -32,20 +33,6 @@ def _free_ports(n):
     return ports
 
 
-def _env(tf_config=None):
-    env = dict(os.environ)
-    env.pop("TF_CONFIG", None)
-    env.update(
-        KERAS_BACKEND="tensorflow",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        CUDA_VISIBLE_DEVICES="",
-        PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")]),
-    )
-    if tf_config is not None:
-        env["TF_CONFIG"] = json.dumps(tf_config)
-    return env
-
-
 def _run_workers(out, workers=2):
     ports = _free_ports(workers)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -56,7 +43,7 @@ def _run_workers(out, workers=2):
         procs.append(
             subprocess.Popen(
                 [sys.executable, WORKER, str(out)],
-                env=_env(config),
+                env=worker_env(config),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -84,7 +71,7 @@ def results(tmp_path_factory):
     _run_workers(out)
     single = subprocess.run(
         [sys.executable, WORKER, str(out), "--single"],
-        env=_env(),
+        env=worker_env(),
         capture_output=True,
         timeout=TIMEOUT_S,
     )
@@ -155,7 +142,7 @@ def test_multiworker_recipe_smoke(tmp_path):
     recipe = os.path.join(os.path.dirname(HERE), "recipes", "multiworker_kd.py")
     result = subprocess.run(
         [sys.executable, recipe, "--smoke", "--workers", "2", "--out", str(tmp_path)],
-        env=_env(),
+        env=worker_env(),
         capture_output=True,
         timeout=240,
     )

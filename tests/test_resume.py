@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+from _worker_env import worker_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_resume_worker.py")
@@ -15,17 +16,9 @@ TIMEOUT_S = 120
 
 def _run(out, backup, *extra):
     os.makedirs(out, exist_ok=True)
-    env = dict(os.environ)
-    env.pop("TF_CONFIG", None)
-    env.update(
-        KERAS_BACKEND="tensorflow",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        CUDA_VISIBLE_DEVICES="",
-        PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")]),
-    )
     return subprocess.run(
         [sys.executable, WORKER, str(out), str(backup), *extra],
-        env=env,
+        env=worker_env(),
         capture_output=True,
         timeout=TIMEOUT_S,
     )
