@@ -125,7 +125,7 @@ def _fast_shapes(model, layers):
             return None
         if keras.tree.is_nested(tensor):
             return None
-        shapes.append((None,) + tuple(tensor.shape)[1:])
+        shapes.append(taps.free_batch_axis(tensor.shape))
     return shapes
 
 

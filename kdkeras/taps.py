@@ -138,10 +138,6 @@ def input_spec(model):
         A structure of `keras.KerasTensor`, or `None` when the model has
         never been built.
     """
-    def free_batch(shape):
-        shape = tuple(shape)
-        return (None,) + shape[1:] if shape else shape
-
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
@@ -151,7 +147,7 @@ def input_spec(model):
         if struct is None:
             struct = inputs[0] if len(inputs) == 1 else list(inputs)
         return keras.tree.map_structure(
-            lambda t: keras.KerasTensor(free_batch(t.shape), t.dtype), struct
+            lambda t: keras.KerasTensor(free_batch_axis(t.shape), t.dtype), struct
         )
     shapes = getattr(model, "_build_shapes_dict", None)
     if shapes and len(shapes) == 1:
@@ -160,7 +156,7 @@ def input_spec(model):
             d is None or isinstance(d, int) for d in shape
         ):
             dtype = getattr(model, "input_dtype", None) or "float32"
-            return keras.KerasTensor(free_batch(shape), dtype)
+            return keras.KerasTensor(free_batch_axis(shape), dtype)
     return None
 
 
@@ -220,9 +216,14 @@ def feature_shapes(model, layers):
     ]
 
 
+def free_batch_axis(shape):
+    """`shape` as a tuple with its batch (first) axis set to `None`."""
+    shape = tuple(shape)
+    return (None,) + shape[1:] if shape else shape
+
+
 def _shape_of(tensor):
-    shape = tuple(tensor.shape)
-    return (None,) + tuple(shape[1:]) if shape else shape
+    return free_batch_axis(tensor.shape)
 
 
 def _candidate_layers(model):
