@@ -65,10 +65,6 @@ def clone_layer(layer, **config_updates):
     return layer.__class__.from_config(config)
 
 
-def layer_params(layer):
-    return sum(int(w.numpy().size) for w in layer.weights)
-
-
 class Rebuild:
     """Replays a model's graph with new layers.
 
