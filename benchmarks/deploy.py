@@ -3,8 +3,8 @@
 Builds a teacher/student pair on mnist-5k (offline) and trains each briefly
 with a plain `fit` (no distillation: this measures deployment, not accuracy).
 `--pair demo` (the default) is the pair of `kdkeras demo`:
-`kdkeras.experiments.cnn_teacher` (1.2M parameters, BatchNorm, Dropout) and
-`kdkeras.experiments.mlp_student` (784-256-10, 203k parameters). `--pair cnn`
+`kdkeras.models.cnn_teacher` (1.2M parameters, BatchNorm, Dropout) and
+`kdkeras.models.mlp_student` (784-256-10, 203k parameters). `--pair cnn`
 is a CNN pair:
 
 - teacher: Conv32-Conv64-MaxPool-Dropout-Dense(180)-Dropout-Dense(10),
@@ -109,21 +109,21 @@ def main(argv=None):
 
     import keras
 
-    from kdkeras import bench
     from kdkeras import datasets
-    from kdkeras import experiments
+    from kdkeras import deploy as bench
+    from kdkeras import models
 
     keras.utils.set_random_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = datasets.load("mnist-5k")
+    data = datasets.load("mnist-5k")
     if args.smoke:
-        x_train, y_train, x_test, y_test = (
-            x_train[:256], y_train[:256], x_test[:128], y_test[:128]
-        )
+        data = datasets.smoke_subset(data)
+    (x_train, y_train), (x_test, y_test) = data
+    if args.smoke:
         teacher, student = build_student(keras, 8), build_student(keras, 4)
         epochs, repeats, calls = 1, 2, 5
     else:
         if args.pair == "demo":
-            teacher, student = experiments.cnn_teacher(), experiments.mlp_student()
+            teacher, student = models.cnn_teacher(), models.mlp_student()
         else:
             teacher, student = build_teacher(keras), build_student(keras)
         epochs, repeats, calls = args.epochs, args.repeats, args.calls
@@ -148,7 +148,7 @@ def main(argv=None):
         # The smoke run's 1-epoch model is too unsettled for the 99% gate.
         min_agreement=0.0 if args.smoke else 0.99,
     )
-    print(bench.format_table(out["results"]))
+    print(bench.format_results(out["results"]))
     print()
     print(f"teacher params {teacher.count_params():,}, "
           f"student params {student.count_params():,}")

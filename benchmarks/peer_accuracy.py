@@ -36,7 +36,9 @@ import keras
 import numpy as np
 
 import kdkeras
-from kdkeras.experiments import cnn_teacher, format_table, mlp_student
+from kdkeras.models import cnn_teacher
+from kdkeras.models import mlp_student
+from kdkeras.utils.tables import format_table
 
 
 def _ce():
@@ -93,8 +95,7 @@ def main(argv=None):
     data = kdkeras.datasets.load("mnist-5k")
     epochs, teacher_epochs, seeds = args.epochs, args.teacher_epochs, args.seeds
     if args.smoke:
-        (x_train, y_train), (x_test, y_test) = data
-        data = (x_train[:256], y_train[:256]), (x_test[:128], y_test[:128])
+        data = kdkeras.datasets.smoke_subset(data)
         epochs, teacher_epochs, seeds = 1, 1, 1
     per_seed = []
     for seed in range(seeds):

@@ -31,7 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 import kdkeras
-from kdkeras.experiments import cnn_teacher, mlp_student
+from kdkeras.models import cnn_teacher
+from kdkeras.models import mlp_student
 
 TARGETS = {
     "(c) / ((a) + (b))": 1.05,
@@ -116,7 +117,7 @@ def main(argv=None):
     (x, y), _ = kdkeras.datasets.load("mnist-5k")
     rounds = args.rounds
     if args.smoke:
-        x, y, rounds = x[:256], y[:256], 1
+        x, y, rounds = x[: kdkeras.datasets.SMOKE_TRAIN], y[: kdkeras.datasets.SMOKE_TRAIN], 1
     times = measure(build(x, y, args.batch_size), rounds)
     best = {name: min(values) for name, values in times.items()}
     short = {name[:3]: value for name, value in best.items()}
@@ -137,7 +138,7 @@ def main(argv=None):
         verdict = "meets" if value <= TARGETS[name] else "misses"
         print(f"| {name} | {value:.3f} | <= {TARGETS[name]} | {verdict} |")
     if args.json:
-        from kdkeras._io import atomic_write_text
+        from kdkeras.utils.atomic import atomic_write_text
 
         atomic_write_text(
             args.json, json.dumps({"times": times, "ratios": ratios, "targets": TARGETS}, indent=2)

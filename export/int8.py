@@ -1,9 +1,9 @@
 """Quantize an exported student to int8 and compare it with float32.
 
-Shows the quantization half of deployment: `kdkeras.quantize.quantize`
+Shows the quantization half of deployment: `kdkeras.deploy.quantize`
 (static QDQ per-channel int8 for CNNs, calibrated on training samples;
 dynamic MatMul/Gemm int8 for Transformers), gated on argmax agreement with
-the Keras model on held-out data, then `kdkeras.bench.benchmark` on the
+the Keras model on held-out data, then `kdkeras.deploy.benchmark` on the
 float32 and int8 files.
 
 Command:
@@ -36,18 +36,14 @@ def main(argv=None):
 
     import keras
 
-    from kdkeras import bench
     from kdkeras import datasets
-    from kdkeras import export
-    from kdkeras import quantize
+    from kdkeras import deploy
+    from kdkeras import models
 
     os.makedirs(args.out, exist_ok=True)
     if args.smoke:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from to_onnx import _smoke_model
-
         args.model, args.data, args.min_agreement = (
-            _smoke_model(args.out), "digits", 0.9
+            models.smoke_model(os.path.join(args.out, "smoke.keras")), "digits", 0.9
         )
     if not args.model:
         parser.error("a .keras model is required (or --smoke)")
@@ -55,21 +51,21 @@ def main(argv=None):
     (x_train, _), (x_test, y_test) = datasets.load(args.data)
     stem = os.path.join(args.out, os.path.splitext(os.path.basename(args.model))[0])
     try:
-        export.export(model, stem + ".onnx", sample_inputs=x_test)
-        manifest = quantize.quantize(
+        deploy.export(model, stem + ".onnx", sample_inputs=x_test)
+        manifest = deploy.quantize(
             model, stem + ".onnx", stem + ".int8.onnx", mode=args.mode,
             calibration_data=x_train, eval_data=(x_test, y_test),
             min_agreement=args.min_agreement,
         )
-    except export.ParityError as e:
+    except deploy.ParityError as e:
         print(f"error: {e}", file=sys.stderr)
         print(json.dumps({"passed": False, **e.report}))
         return 1
-    results = bench.benchmark(
+    results = deploy.benchmark(
         [stem + ".onnx", stem + ".int8.onnx"], x_test, y_test,
         calls=5 if args.smoke else 20, repeats=2 if args.smoke else 5,
     )
-    print(bench.format_table(results))
+    print(deploy.format_results(results))
     q = manifest["quantization"]
     print(json.dumps({"passed": True, "agreement": manifest["parity"]["agreement"],
                       "size_ratio": q["size_ratio"],

@@ -1,6 +1,6 @@
 """Export a trained Keras model to ONNX, gated on parity with the Keras model.
 
-Shows the export half of deployment: `kdkeras.export.export` writes the ONNX
+Shows the export half of deployment: `kdkeras.deploy.export` writes the ONNX
 file, runs it in onnxruntime at batch sizes 1 and 16 on held-out data, and
 fails (exit status 1) when the max absolute difference exceeds 1e-4 or the
 argmax agreement falls below 99%. A manifest JSON lands beside the file.
@@ -22,30 +22,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
-def _smoke_model(out):
-    import keras
-
-    from kdkeras import datasets
-
-    (x_train, y_train), _ = datasets.load("digits")
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10),
-        ]
-    )
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=1, verbose=0)
-    from kdkeras import export
-
-    path = os.path.join(out, "smoke.keras")
-    export.export(model, path, format="keras", sample_inputs=x_train[:32])
-    return path
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", nargs="?", help="the .keras file")
@@ -58,23 +34,24 @@ def main(argv=None):
     import keras
 
     from kdkeras import datasets
-    from kdkeras import export
+    from kdkeras import deploy
+    from kdkeras import models
 
     os.makedirs(args.out, exist_ok=True)
     if args.smoke:
-        args.model, args.data = _smoke_model(args.out), "digits"
+        args.model, args.data = models.smoke_model(os.path.join(args.out, "smoke.keras")), "digits"
     if not args.model:
         parser.error("a .keras model is required (or --smoke)")
     model = keras.models.load_model(args.model, compile=False)
     _, (x_test, _) = datasets.load(args.data)
     name = os.path.splitext(os.path.basename(args.model))[0] + ".onnx"
     try:
-        manifest = export.export(
+        manifest = deploy.export(
             model, os.path.join(args.out, name), sample_inputs=x_test,
             opset=args.opset,
         )
         parity = manifest["parity"]
-    except export.ParityError as e:
+    except deploy.ParityError as e:
         parity = e.report
         print(f"error: {e}", file=sys.stderr)
     passed = bool(parity.get("passed", False))

@@ -15,6 +15,8 @@ images as `float32` in `[0, 1]` with a trailing channel axis, labels as
 
 import numpy as np
 
+__all__ = ["NAMES", "SMOKE_TEST", "SMOKE_TRAIN", "load", "smoke_subset"]
+
 NAMES = ("mnist-5k", "digits", "mnist")
 
 _EXTRA_HINT = "Install it with `pip install 'kdkeras[data]'`."
@@ -105,3 +107,21 @@ def load(name):
             f"Received: name={name!r}"
         )
     return _LOADERS[name]()
+
+
+SMOKE_TRAIN, SMOKE_TEST = 256, 128
+
+
+def smoke_subset(data, n_train=SMOKE_TRAIN, n_test=SMOKE_TEST):
+    """The first `n_train` / `n_test` samples of a `load()` result: `--smoke` runs.
+
+    Args:
+        data: `(x_train, y_train), (x_test, y_test)`.
+        n_train: training samples kept. Defaults to 256.
+        n_test: test samples kept. Defaults to 128.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`, each cut to its size.
+    """
+    (x_train, y_train), (x_test, y_test) = data
+    return (x_train[:n_train], y_train[:n_train]), (x_test[:n_test], y_test[:n_test])

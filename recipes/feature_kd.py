@@ -52,7 +52,7 @@ import keras
 import numpy as np
 
 import kdkeras
-from kdkeras import experiments
+from kdkeras import comparison
 
 L = keras.layers
 
@@ -107,7 +107,7 @@ def train(model, x, y, epochs, seed):
     """Fits `model` (a student or a Distiller); returns the mean epoch time."""
     sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=sce)
-    timer = experiments.EpochTimer()
+    timer = comparison.EpochTimer()
     keras.utils.set_random_seed(1000 + seed)  # same batches for every method
     model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, callbacks=[timer])
     return float(np.mean(timer.times[1:] if len(timer.times) > 1 else timer.times))
@@ -151,12 +151,12 @@ def main(argv=None):
     if args.seeds < 1 or args.epochs < 1 or unknown:
         parser.error(f"expected --seeds, --epochs >= 1 and methods in {list(METHODS)}; received {args}")
 
-    (x_train, y_train), (x_test, y_test) = kdkeras.datasets.load("mnist-5k")
+    data = kdkeras.datasets.load("mnist-5k")
     epochs, teacher_epochs = args.epochs, args.teacher_epochs
     if args.smoke:
-        x_train, y_train, x_test, y_test = x_train[:128], y_train[:128], x_test[:64], y_test[:64]
+        data = kdkeras.datasets.smoke_subset(data, 128, 64)
         epochs, teacher_epochs = 1, 1
-    data = (x_train, y_train), (x_test, y_test)
+    (x_train, y_train), (x_test, y_test) = data
 
     keras.utils.set_random_seed(0)
     teacher = make_teacher()
@@ -178,7 +178,7 @@ def main(argv=None):
         ]
         label = method if method in ("alone", "KD") else f"KD + {method}"
         print(
-            f"| {label} | {experiments.mean_std(accs)} | {experiments.mean_std(gaps)} | "
+            f"| {label} | {comparison.mean_std(accs)} | {comparison.mean_std(gaps)} | "
             f"{np.mean([r[method][1] for r in per_seed]):.2f} |"
         )
     return 0

@@ -27,34 +27,19 @@ tiny version in seconds.
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 
-def _free_ports(n):
-    sockets = []
-    for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def launch(argv, workers, timeout):
     """Starts `workers` local processes of this script with a TF_CONFIG each."""
-    ports = _free_ports(workers)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    import kdkeras
+
     procs = []
-    for index in range(workers):
+    for config in kdkeras.distill.multiworker.local_tf_configs(workers):
         env = dict(os.environ)
-        env["TF_CONFIG"] = json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        )
+        env["TF_CONFIG"] = json.dumps(config)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         procs.append(
             subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", *argv], env=env)
@@ -100,9 +85,10 @@ def run_worker(args):
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     task = strategy.cluster_resolver.task_id
     chief = task == 0
-    (x_train, y_train), (x_test, y_test) = kdkeras.datasets.load(args.data)
+    data = kdkeras.datasets.load(args.data)
     if args.smoke:
-        x_train, y_train, x_test, y_test = x_train[:512], y_train[:512], x_test[:256], y_test[:256]
+        data = kdkeras.datasets.smoke_subset(data, 512, 256)
+    (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(args.seed)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     teacher_widths, student_widths = ((32,), (8,)) if args.smoke else ((256, 256), (32,))
@@ -145,7 +131,7 @@ def run_worker(args):
         flush=True,
     )
     if chief and args.out:
-        from kdkeras.export import export
+        from kdkeras.deploy import export
 
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, "student.keras")

@@ -35,7 +35,9 @@ import argparse
 import sys
 
 import kdkeras
-from kdkeras import experiments
+from kdkeras import comparison
+from kdkeras import models
+from kdkeras.utils import tables
 
 
 def main(argv=None):
@@ -62,20 +64,19 @@ def main(argv=None):
     data = kdkeras.datasets.load(args.data)
     epochs, teacher_epochs = args.epochs, args.teacher_epochs
     if args.smoke:
-        (x_train, y_train), (x_test, y_test) = data
-        data = (x_train[:256], y_train[:256]), (x_test[:128], y_test[:128])
+        data = kdkeras.datasets.smoke_subset(data)
         epochs, teacher_epochs = 1, 1
 
     per_seed = []
     for seed in range(args.seeds):
-        result = experiments.compare_output_kd(
+        result = comparison.compare_output_kd(
             data,
             epochs=epochs,
             teacher_epochs=teacher_epochs,
             temperature=args.temperature,
             student_loss_weight=args.student_loss_weight,
             seed=seed,
-            make_student=experiments.mlp_student if args.student == "mlp" else experiments.cnn_student,
+            make_student=models.mlp_student if args.student == "mlp" else models.cnn_student,
             cache_teacher=True,
             backup_dir=args.backup_dir,
         )
@@ -90,9 +91,9 @@ def main(argv=None):
             {
                 "model": name,
                 "params": per_seed[0][i]["params"],
-                "test accuracy": experiments.mean_std([rows[i]["test_accuracy"] for rows in per_seed]),
-                "teacher agreement": experiments.mean_std([rows[i]["teacher_agreement"] for rows in per_seed]),
-                "epoch time (s)": experiments.mean_std([rows[i]["epoch_time_s"] for rows in per_seed]),
+                "test accuracy": comparison.mean_std([rows[i]["test_accuracy"] for rows in per_seed]),
+                "teacher agreement": comparison.mean_std([rows[i]["teacher_agreement"] for rows in per_seed]),
+                "epoch time (s)": comparison.mean_std([rows[i]["epoch_time_s"] for rows in per_seed]),
             }
         )
     gaps = []
@@ -104,8 +105,8 @@ def main(argv=None):
         f"{args.data}, {args.seeds} seed(s), teacher {teacher_epochs} epochs, students "
         f"{epochs} epochs, T={args.temperature}, student_loss_weight={args.student_loss_weight}"
     )
-    print(experiments.format_table(table))
-    print(f"\ngap closed (KD - scratch) / (teacher - scratch): {experiments.mean_std(gaps)}")
+    print(tables.format_table(table))
+    print(f"\ngap closed (KD - scratch) / (teacher - scratch): {comparison.mean_std(gaps)}")
     return 0
 
 

@@ -35,13 +35,12 @@ parameters; student 9,930; discussion in recipes/README.md):
 import argparse
 import sys
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import layers
 
 import kdkeras
-from kdkeras import experiments
+from kdkeras import comparison
 from kdkeras import transfer
 
 
@@ -136,8 +135,7 @@ def main(argv=None):
     data = kdkeras.datasets.load("mnist-5k")
     teacher_epochs = args.teacher_epochs
     if args.smoke:
-        (x_train, y_train), (x_test, y_test) = data
-        data = (x_train[:256], y_train[:256]), (x_test[:128], y_test[:128])
+        data = kdkeras.datasets.smoke_subset(data)
         args.epochs, teacher_epochs = 1, 1
     (x_train, y_train), (x_test, y_test) = data
 
@@ -200,7 +198,7 @@ def main(argv=None):
     print("|---|---|---|")
     for name, _, distil in variants:
         first, last = results[name]
-        print(f"| {name} | {'-' if distil is None else experiments.mean_std(first)} | {experiments.mean_std(last)} |")
+        print(f"| {name} | {'-' if distil is None else comparison.mean_std(first)} | {comparison.mean_std(last)} |")
     print()
     print("| teacher-derived, untrained: removed | test accuracy |")
     print("|---|---|")

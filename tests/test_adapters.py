@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import kdkeras
-from kdkeras import adapters
+from kdkeras.distill import adapters
 
 L = keras.layers
 

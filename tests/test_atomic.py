@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kdkeras
-from kdkeras import _io
+from kdkeras.utils import atomic
 
 PACKAGE = pathlib.Path(kdkeras.__file__).parent
 
@@ -30,15 +30,15 @@ def _tiny_model(seed):
 
 def test_write_bytes_replaces_and_leaves_no_temp(tmp_path):
     path = tmp_path / "a.bin"
-    _io.atomic_write_bytes(path, b"one")
-    _io.atomic_write_text(path, "two")
+    atomic.atomic_write_bytes(path, b"one")
+    atomic.atomic_write_text(path, "two")
     assert path.read_text() == "two"
     assert _leftovers(tmp_path) == []
 
 
 def test_crash_during_write_bytes_keeps_previous(tmp_path, monkeypatch):
     path = tmp_path / "report.md"
-    _io.atomic_write_text(path, "previous report\n")
+    atomic.atomic_write_text(path, "previous report\n")
 
     def crash(fd):
         raise OSError("disk full")
@@ -47,16 +47,16 @@ def test_crash_during_write_bytes_keeps_previous(tmp_path, monkeypatch):
     # the rename.
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
-        _io.atomic_write_text(path, "new report that never lands\n" * 1000)
+        atomic.atomic_write_text(path, "new report that never lands\n" * 1000)
     assert path.read_text() == "previous report\n"
     assert _leftovers(tmp_path) == []
 
 
 def test_crash_after_partial_write_keeps_previous(tmp_path):
     path = tmp_path / "manifest.json"
-    _io.atomic_write_text(path, json.dumps({"version": 1}))
+    atomic.atomic_write_text(path, json.dumps({"version": 1}))
     with pytest.raises(RuntimeError):
-        with _io.atomic_path(path) as tmp:
+        with atomic.atomic_path(path) as tmp:
             with open(tmp, "w") as f:
                 f.write('{"version": 2, "files": [')
             raise RuntimeError("killed mid-save")
@@ -66,10 +66,10 @@ def test_crash_after_partial_write_keeps_previous(tmp_path):
 
 def test_crash_in_a_folder_artifact_keeps_previous(tmp_path):
     path = tmp_path / "saved_model"
-    with _io.atomic_path(path, is_dir=True) as tmp:
+    with atomic.atomic_path(path, is_dir=True) as tmp:
         (pathlib.Path(tmp) / "saved_model.pb").write_text("v1")
     with pytest.raises(RuntimeError):
-        with _io.atomic_path(path, is_dir=True) as tmp:
+        with atomic.atomic_path(path, is_dir=True) as tmp:
             (pathlib.Path(tmp) / "saved_model.pb").write_text("v2 partial")
             raise RuntimeError("killed mid-save")
     assert (path / "saved_model.pb").read_text() == "v1"
@@ -107,13 +107,13 @@ def test_crash_while_saving_student_keeps_previous_keras_file(tmp_path, monkeypa
     path = tmp_path / "student.keras"
     x = np.ones((2, 3), "float32")
     old = _tiny_model(0)
-    with _io.atomic_path(path, suffix=".keras") as tmp:
+    with atomic.atomic_path(path, suffix=".keras") as tmp:
         old.save(tmp)
     expected = old.predict(x, verbose=0)
 
     calls = _crash_on_second_zip_write(monkeypatch)
     with pytest.raises(OSError, match="killed mid-save"):
-        with _io.atomic_path(path, suffix=".keras") as tmp:
+        with atomic.atomic_path(path, suffix=".keras") as tmp:
             _tiny_model(1).save(tmp)
     assert calls["n"] >= 2
     monkeypatch.undo()
@@ -124,7 +124,7 @@ def test_crash_while_saving_student_keeps_previous_keras_file(tmp_path, monkeypa
 
 
 def test_crash_during_keras_export_keeps_previous(tmp_path, monkeypatch):
-    export = pytest.importorskip("kdkeras.export")
+    export = pytest.importorskip("kdkeras.deploy")
     path = tmp_path / "student.keras"
     x = np.ones((2, 3), "float32")
     old = _tiny_model(0)
@@ -268,12 +268,12 @@ def test_scanner_catches_a_direct_write():
 def test_every_kdkeras_writer_goes_through_io():
     offenders = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "_io.py":
+        if path.relative_to(PACKAGE).as_posix() == "utils/atomic.py":
             continue
         lines = _unsafe_writes(path.read_text())
         if lines:
             offenders[str(path.relative_to(PACKAGE))] = lines
     assert offenders == {}, (
-        "Write files with kdkeras._io (atomic_path / atomic_write_*). "
+        "Write files with kdkeras.utils.atomic (atomic_path / atomic_write_*). "
         f"Direct writes at: {offenders}"
     )

@@ -176,7 +176,7 @@ def test_non_finite_cached_teacher_outputs():
     distiller = _distiller()
     x, y = _data()
     cached = distiller.cache_teacher_outputs(x)
-    outputs = cached[kdkeras.cache.TARGETS_KEY]["outputs"]
+    outputs = cached[kdkeras.distill.teacher_cache.TARGETS_KEY]["outputs"]
     outputs[0][3, 1] = NAN
     with pytest.raises(ValueError, match="finite values in the cached teacher outputs.*index 3"):
         distiller.fit(cached, y, verbose=0)
@@ -276,7 +276,7 @@ def _lambda_file(tmp_path):
 
 
 def _load_runner():
-    runtime = pytest.importorskip("kdkeras._runtime")
+    runtime = pytest.importorskip("kdkeras.deploy.runners")
     return runtime.load_runner
 
 

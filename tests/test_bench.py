@@ -13,10 +13,8 @@ pytest.importorskip("tf2onnx")
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
-from kdkeras import bench  # noqa: E402
 from kdkeras import datasets  # noqa: E402
-from kdkeras import export as ex  # noqa: E402
-from kdkeras import report  # noqa: E402
+from kdkeras import deploy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +52,7 @@ def pair(digits, tmp_path_factory):
     paths = {}
     for name, model in (("big", big), ("small", small)):
         paths[name] = str(folder / f"{name}.onnx")
-        ex.export(model, paths[name], sample_inputs=x_test, num_samples=8)
+        deploy.export(model, paths[name], sample_inputs=x_test, num_samples=8)
     return big, small, paths, folder
 
 
@@ -63,7 +61,7 @@ def results(pair, digits):
     _, small, paths, _ = pair
     (_, _), (x_test, y_test) = digits
     models = {"big": paths["big"], "small": paths["small"], "small-keras": small}
-    return bench.benchmark(
+    return deploy.benchmark(
         models, x_test, y_test, batch_size=16, calls=5, repeats=2, warmup=1,
         threads=1,
     )
@@ -115,7 +113,7 @@ def test_keras_is_timed_without_predict(pair, digits):
     model = keras.models.clone_model(small)
     model.set_weights(small.get_weights())
     model.predict = forbidden
-    out = bench.benchmark([model], x_test[:32], y_test[:32], calls=2, repeats=1,
+    out = deploy.benchmark([model], x_test[:32], y_test[:32], calls=2, repeats=1,
                           warmup=1)
     assert out[0]["kind"] == "keras"
 
@@ -124,27 +122,27 @@ def test_data_that_does_not_fit(pair):
     _, _, paths, _ = pair
     bad = np.zeros((4, 28, 28, 1), "float32")
     with pytest.raises(ValueError, match=r"\(batch, 8, 8, 1\).*Received: data shape=\(4, 28, 28, 1\)"):
-        bench.benchmark([paths["big"]], bad)
+        deploy.benchmark([paths["big"]], bad)
 
 
 def test_unknown_reference(pair, digits):
     _, _, paths, _ = pair
     (_, _), (x_test, _) = digits
     with pytest.raises(ValueError, match="reference='nope'"):
-        bench.benchmark([paths["big"]], x_test, reference="nope")
+        deploy.benchmark([paths["big"]], x_test, reference="nope")
 
 
 def test_table_json_and_report(results, tmp_path):
-    table = bench.format_table(results)
+    table = deploy.format_results(results)
     assert "small-keras" in table and "p50 ms" in table
     assert len(table.splitlines()) == 2 + len(results)
-    path = bench.write_json(results, tmp_path / "b.json", extra={"data": "digits"})
+    path = deploy.write_json(results, tmp_path / "b.json", extra={"data": "digits"})
     assert json.loads(open(path).read())["data"] == "digits"
-    assert report.load_results(path) == json.loads(json.dumps(results))
-    written = report.write_report(results, tmp_path / "r", command="kdkeras bench x")
+    assert deploy.load_results(path) == json.loads(json.dumps(results))
+    written = deploy.write_report(results, tmp_path / "r", command="kdkeras bench x")
     text = open(written["report"]).read()
     assert "| small |" in text and "kdkeras bench x" in text
-    assert "![accuracy vs latency](bench.png)" in text
+    assert "![accuracy vs latency](deploy.png)" in text
     with open(written["plot"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -165,7 +163,7 @@ def test_compare_pipeline(digits, tmp_path):
         ]
     )
     _fit(student, x_train, y_train, epochs=8)
-    out = bench.compare(
+    out = deploy.compare(
         teacher, student, x_test, y_test, tmp_path, calibration_data=x_train,
         calls=3, repeats=2, batch_size=16, threads=1, min_agreement=0.97,
         command="pytest",
@@ -173,8 +171,8 @@ def test_compare_pipeline(digits, tmp_path):
     names = [r["name"] for r in out["results"]]
     assert names == ["teacher.onnx", "student.onnx", "student.int8.onnx",
                      "student (keras)"]
-    for f in ("teacher.onnx", "student.onnx", "student.int8.onnx", "bench.json",
-              "report.md", "bench.png", "student.onnx.manifest.json"):
+    for f in ("teacher.onnx", "student.onnx", "student.int8.onnx", "deploy.json",
+              "deploy.md", "deploy.png", "student.onnx.manifest.json"):
         assert os.path.exists(tmp_path / f), f
     # The exported student holds the student's weights only, no teacher.
     student_params = sum(
@@ -192,6 +190,6 @@ def test_compare_pipeline(digits, tmp_path):
         / os.path.getsize(tmp_path / "student.onnx")
     )
     assert ratios["int8_agreement"] >= 0.97
-    saved = json.load(open(tmp_path / "bench.json"))
+    saved = json.load(open(tmp_path / "deploy.json"))
     assert saved["ratios"] == pytest.approx(ratios)
     assert saved["parity"]["student.onnx"]["passed"] is True

@@ -13,9 +13,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 pytest.importorskip("sklearn")
 
-from kdkeras import _runtime  # noqa: E402
 from kdkeras import cli  # noqa: E402
 from kdkeras import datasets  # noqa: E402
+from kdkeras.deploy import runners  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,9 +92,9 @@ def test_export_with_static_int8(model_file, tmp_path, capsys):
 
 def test_failed_parity_exits_nonzero(model_file, tmp_path, capsys, monkeypatch):
     # A converter that drifts by 1e-2: the gate must fail, not warn.
-    real_run = _runtime.OnnxRunner.run
+    real_run = runners.OnnxRunner.run
     monkeypatch.setattr(
-        _runtime.OnnxRunner,
+        runners.OnnxRunner,
         "run",
         lambda self, inputs: [o + 1e-2 for o in real_run(self, inputs)],
     )

@@ -12,9 +12,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from kdkeras import _io  # noqa: E402
-from kdkeras import _runtime  # noqa: E402
-from kdkeras import export as ex  # noqa: E402
+from kdkeras import deploy  # noqa: E402
+from kdkeras.deploy import runners  # noqa: E402
+from kdkeras.utils import atomic  # noqa: E402
 
 BATCH_SIZES = (1, 5)
 
@@ -85,7 +85,7 @@ def folder(tmp_path_factory):
 def cnn_onnx(folder, images):
     model = _with_moving_stats(_cnn())
     path = str(folder / "cnn.onnx")
-    manifest = ex.export(model, path, sample_inputs=images, batch_sizes=BATCH_SIZES)
+    manifest = deploy.export(model, path, sample_inputs=images, batch_sizes=BATCH_SIZES)
     return model, path, manifest
 
 
@@ -93,13 +93,13 @@ def cnn_onnx(folder, images):
 def transformer_onnx(folder):
     model = _transformer()
     path = str(folder / "transformer.onnx")
-    manifest = ex.export(model, path, batch_sizes=BATCH_SIZES, route="keras")
+    manifest = deploy.export(model, path, batch_sizes=BATCH_SIZES, route="keras")
     return model, path, manifest
 
 
 def _ort_outputs(path, inputs, batch_size):
-    runner = _runtime.OnnxRunner(path, threads=1)
-    return _runtime.run_batched(runner, inputs, batch_size)[0]
+    runner = runners.OnnxRunner(path, threads=1)
+    return runners.run_batched(runner, inputs, batch_size)[0]
 
 
 def _assert_parity(model, path, manifest, inputs):
@@ -142,7 +142,7 @@ def test_subclassed_model(folder, images):
     x = images.reshape(len(images), -1)
     model(x[:1])
     path = str(folder / "subclassed.onnx")
-    manifest = ex.export(model, path, sample_inputs=x, batch_sizes=BATCH_SIZES)
+    manifest = deploy.export(model, path, sample_inputs=x, batch_sizes=BATCH_SIZES)
     _assert_parity(model, path, manifest, x)
 
 
@@ -157,7 +157,7 @@ def test_model_loaded_from_keras_file_needs_explicit_signature(folder, images):
 
     loaded = keras.models.load_model(keras_path)
     path = str(folder / "loaded.onnx")
-    manifest = ex.export(loaded, path, sample_inputs=images, batch_sizes=BATCH_SIZES)
+    manifest = deploy.export(loaded, path, sample_inputs=images, batch_sizes=BATCH_SIZES)
     _assert_parity(loaded, path, manifest, images)
 
 
@@ -195,7 +195,7 @@ def test_erfc_trap_reproduced_and_fixed(folder, transformer_onnx):
 def test_saved_model_route_also_fixes_erfc(folder):
     model = _transformer(seed=1)
     path = str(folder / "transformer_sm.onnx")
-    manifest = ex.export(model, path, batch_sizes=BATCH_SIZES, route="saved_model")
+    manifest = deploy.export(model, path, batch_sizes=BATCH_SIZES, route="saved_model")
     assert manifest["route"] == "saved_model"
     assert manifest["fixes"] == ["Erfc -> 1 - Erf (1 node(s))"]
     assert manifest["parity"]["max_abs_diff"] <= 1e-4
@@ -205,13 +205,13 @@ def test_saved_model_route_also_fixes_erfc(folder):
 def test_unsupported_opset_is_refused(folder, opset):
     # Trap 3: tf2onnx 1.17 fails on opsets above 18.
     with pytest.raises(ValueError, match=rf"between 9 and 18.*opset={opset}"):
-        ex.export(_cnn(), str(folder / "o.onnx"), opset=opset)
+        deploy.export(_cnn(), str(folder / "o.onnx"), opset=opset)
     assert not os.path.exists(folder / "o.onnx")
 
 
 def test_opset_18_is_written(folder):
     path = str(folder / "opset18.onnx")
-    manifest = ex.export(_cnn(), path, opset=18, num_samples=4)
+    manifest = deploy.export(_cnn(), path, opset=18, num_samples=4)
     assert manifest["opset"] == 18
     proto = onnx.load(path)
     assert {o.domain: o.version for o in proto.opset_import}[""] == 18
@@ -223,14 +223,14 @@ def test_opset_18_is_written(folder):
 def test_other_formats_pass_parity(folder, images, format, name):
     model = _with_moving_stats(_cnn(seed=2))
     path = str(folder / name)
-    manifest = ex.export(
+    manifest = deploy.export(
         model, path, format, sample_inputs=images, batch_sizes=BATCH_SIZES
     )
     assert manifest["format"] == format
-    runner = _runtime.load_runner(path)
+    runner = runners.load_runner(path)
     expected = keras.ops.convert_to_numpy(model(images, training=False))
     for bs in BATCH_SIZES:
-        got = _runtime.run_batched(runner, [images], bs)[0]
+        got = runners.run_batched(runner, [images], bs)[0]
         assert np.max(np.abs(got - expected)) <= 1e-4
     assert manifest["parity"]["passed"] is True
 
@@ -243,7 +243,7 @@ def test_manifest_describes_the_artifact(cnn_onnx):
         data = f.read()
     assert on_disk["sha256"] == hashlib.sha256(data).hexdigest()
     assert on_disk["file_size_bytes"] == len(data)
-    assert on_disk["format"] == "onnx" and on_disk["opset"] == ex.DEFAULT_OPSET
+    assert on_disk["format"] == "onnx" and on_disk["opset"] == deploy.DEFAULT_OPSET
     assert on_disk["inputs"][0]["shape"] == [None, 8, 8, 1]
     assert on_disk["outputs"][0]["shape"] == [None, 3]
     assert on_disk["outputs"][0]["dtype"] == "float32"
@@ -256,8 +256,8 @@ def test_manifest_describes_the_artifact(cnn_onnx):
 def test_gate_fails_when_the_artifact_differs(cnn_onnx, images):
     _, path, _ = cnn_onnx
     other = _with_moving_stats(_cnn(seed=7))
-    with pytest.raises(ex.ParityError, match="max_abs_diff") as info:
-        ex.gate(other, path, "onnx", images, batch_sizes=BATCH_SIZES)
+    with pytest.raises(deploy.ParityError, match="max_abs_diff") as info:
+        deploy.gate(other, path, "onnx", images, batch_sizes=BATCH_SIZES)
     assert info.value.report["passed"] is False
     assert info.value.report["max_abs_diff"] > 1e-2
     with open(path + ".manifest.json") as f:
@@ -271,56 +271,56 @@ def test_check_parity_catches_argmax_disagreement():
 
     logits = np.array([[0.0, 1.0], [2.0, 0.5], [0.2, 0.1]], dtype="float32")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Identity()])
-    report = ex.check_parity(model, Swapped(), [logits], batch_sizes=(3,),
+    report = deploy.check_parity(model, Swapped(), [logits], batch_sizes=(3,),
                              atol=10.0, min_agreement=0.99)
     assert report["agreement"] == 0.0 and report["passed"] is False
-    ok = ex.check_parity(model, _runtime.KerasRunner(model), [logits],
+    ok = deploy.check_parity(model, runners.KerasRunner(model), [logits],
                          batch_sizes=(1, 2))
     assert ok["passed"] and ok["max_abs_diff"] == 0.0
 
 
 def test_nan_outputs_fail_the_gate():
     ref = [np.ones((2, 3), "float32")]
-    diff, _ = ex.parity_figures(ref, [np.full((2, 3), np.nan, "float32")])
+    diff, _ = deploy.parity_figures(ref, [np.full((2, 3), np.nan, "float32")])
     assert diff == float("inf")
 
 
 def test_a_nan_never_hides_a_difference():
     ref = [np.array([[np.nan, 1.0], [0.0, 1.0]], "float32")]
     out = [np.array([[5.0, 100.0], [0.0, -50.0]], "float32")]
-    diff, _ = ex.parity_figures(ref, out)
+    diff, _ = deploy.parity_figures(ref, out)
     assert diff == float("inf")  # the NaN position differs (5.0 vs NaN)
     out_same_nan = [np.array([[np.nan, 100.0], [0.0, -50.0]], "float32")]
-    diff, _ = ex.parity_figures(ref, out_same_nan)
+    diff, _ = deploy.parity_figures(ref, out_same_nan)
     assert diff == pytest.approx(99.0)
-    assert ex.parity_figures(ref, [ref[0].copy()])[0] == 0.0
+    assert deploy.parity_figures(ref, [ref[0].copy()])[0] == 0.0
 
 
 def test_non_finite_reference_or_no_samples_fail_the_check():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Identity()])
-    runner = _runtime.KerasRunner(model)
-    with pytest.raises(ex.ParityError, match="finite outputs from the Keras model"):
-        ex.check_parity(model, runner, [np.array([[np.nan, 1.0]], "float32")], batch_sizes=(1,))
+    runner = runners.KerasRunner(model)
+    with pytest.raises(deploy.ParityError, match="finite outputs from the Keras model"):
+        deploy.check_parity(model, runner, [np.array([[np.nan, 1.0]], "float32")], batch_sizes=(1,))
     with pytest.raises(ValueError, match="at least one sample"):
-        ex.check_parity(model, runner, [np.zeros((0, 2), "float32")], batch_sizes=(1,))
+        deploy.check_parity(model, runner, [np.zeros((0, 2), "float32")], batch_sizes=(1,))
 
 
 def test_agreement_gate_refuses_outputs_without_classes():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     x = np.random.default_rng(0).random((4, 2)).astype("float32")
-    with pytest.raises(ex.ParityError, match="needs class outputs"):
-        ex.check_parity(model, _runtime.KerasRunner(model), [x], batch_sizes=(2,), gate="agreement")
+    with pytest.raises(deploy.ParityError, match="needs class outputs"):
+        deploy.check_parity(model, runners.KerasRunner(model), [x], batch_sizes=(2,), gate="agreement")
 
 
 def test_a_failed_export_keeps_the_previous_artifact(tmp_path, images, monkeypatch):
     model = _with_moving_stats(_cnn())
     path = str(tmp_path / "model.tflite")
-    first = ex.export(model, path, "tflite", sample_inputs=images, batch_sizes=BATCH_SIZES)
+    first = deploy.export(model, path, "tflite", sample_inputs=images, batch_sizes=BATCH_SIZES)
     before = open(path, "rb").read()
     manifest_before = open(path + ".manifest.json").read()
 
     # The next export's artifact is wrong: its runtime adds 1 to every output.
-    real = _runtime.load_runner
+    real = runners.load_runner
 
     def off_by_one(p, *args, **kwargs):
         runner = real(p, *args, **kwargs)
@@ -328,13 +328,13 @@ def test_a_failed_export_keeps_the_previous_artifact(tmp_path, images, monkeypat
         runner.run = lambda inputs: [o + 1.0 for o in run(inputs)]
         return runner
 
-    monkeypatch.setattr(_runtime, "load_runner", off_by_one)
-    with pytest.raises(ex.ParityError):
-        ex.export(_with_moving_stats(_cnn(seed=3)), path, "tflite", sample_inputs=images,
+    monkeypatch.setattr(runners, "load_runner", off_by_one)
+    with pytest.raises(deploy.ParityError):
+        deploy.export(_with_moving_stats(_cnn(seed=3)), path, "tflite", sample_inputs=images,
                   batch_sizes=BATCH_SIZES)
     assert open(path, "rb").read() == before
     assert open(path + ".manifest.json").read() == manifest_before
-    failed = ex.failed_path(path)
+    failed = deploy.failed_path(path)
     assert failed.endswith("model.failed.tflite") and os.path.isfile(failed)
     with open(failed + ".manifest.json") as f:
         assert json.load(f)["parity"]["passed"] is False
@@ -356,25 +356,25 @@ def test_refuses_kdkeras_objects(folder):
 
     Wrapper.__module__ = "kdkeras.distiller"
     with pytest.raises(ValueError, match="Export its `student`"):
-        ex.export(Wrapper(student), str(folder / "w.onnx"))
+        deploy.export(Wrapper(student), str(folder / "w.onnx"))
 
 
 def test_data_that_does_not_fit_is_refused(folder):
     bad = np.zeros((4, 9, 9, 1), "float32")
     with pytest.raises(ValueError, match=r"Expected inputs shaped \(batch, 8, 8, 1\)"):
-        ex.export(_cnn(), str(folder / "bad.onnx"), sample_inputs=bad)
+        deploy.export(_cnn(), str(folder / "bad.onnx"), sample_inputs=bad)
 
 
 def test_bad_format_is_refused(folder):
     with pytest.raises(ValueError, match="format='pb'"):
-        ex.export(_cnn(), str(folder / "m.pb"), format="pb")
+        deploy.export(_cnn(), str(folder / "m.pb"), format="pb")
 
 
 def test_atomic_writes(tmp_path):
     target = tmp_path / "a.txt"
-    _io.atomic_write_text(target, "one")
+    atomic.atomic_write_text(target, "one")
     with pytest.raises(RuntimeError):
-        with _io.atomic_path(target) as tmp:
+        with atomic.atomic_path(target) as tmp:
             with open(tmp, "w") as f:
                 f.write("half")
             raise RuntimeError("writer failed")
@@ -383,7 +383,7 @@ def test_atomic_writes(tmp_path):
 
     folder = tmp_path / "model_dir"
     for content in ("v1", "v2"):
-        with _io.atomic_path(folder, is_dir=True) as tmp:
+        with atomic.atomic_path(folder, is_dir=True) as tmp:
             with open(os.path.join(tmp, "f"), "w") as f:
                 f.write(content)
     assert (folder / "f").read_text() == "v2"

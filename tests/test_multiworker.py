@@ -5,40 +5,23 @@ online, then from cached teacher outputs); see tests/_mw_worker.py.
 """
 
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-
-from kdkeras import _multiworker
-
 from _worker_env import worker_env  # noqa: E402
+
+from kdkeras.distill import multiworker as _multiworker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_mw_worker.py")
 TIMEOUT_S = 150
 
 
-def _free_ports(n):
-    sockets = []
-    for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _run_workers(out, workers=2):
-    ports = _free_ports(workers)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
-    for index in range(workers):
-        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+    for index, config in enumerate(_multiworker.local_tf_configs(workers)):
         log = open(os.path.join(out, f"worker_{index}.log"), "wb")
         procs.append(
             subprocess.Popen(
@@ -112,14 +95,14 @@ def test_version_guard():
     assert _multiworker.is_affected_keras((3, 15))
     assert _multiworker.is_affected_keras((3, 0))
     assert not _multiworker.is_affected_keras((2, 15))
-    assert not _multiworker.is_affected_keras(_multiworker._AFFECTED_KERAS[1])
+    assert not _multiworker.is_affected_keras(_multiworker.AFFECTED_KERAS[1])
 
 
 def test_fix_leaves_other_strategies_alone():
     import keras
     import tensorflow as tf
 
-    was_installed = bool(_multiworker._originals)
+    was_installed = _multiworker.is_enabled()
     try:
         installed = _multiworker.enable_multi_worker_fit()
         assert installed == _multiworker.is_affected_keras()
@@ -132,7 +115,7 @@ def test_fix_leaves_other_strategies_alone():
         x = np.ones((8, 3), "float32")
         history = model.fit(x, np.zeros((8, 2), "float32"), batch_size=4, verbose=0)
         assert np.isfinite(history.history["loss"][0])
-        assert not _multiworker._is_multi_worker(strategy)
+        assert not _multiworker.is_multi_worker(strategy)
     finally:
         if not was_installed:
             _multiworker.disable_multi_worker_fit()

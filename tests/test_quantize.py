@@ -11,10 +11,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 pytest.importorskip("sklearn")
 
-from kdkeras import _runtime  # noqa: E402
 from kdkeras import datasets  # noqa: E402
-from kdkeras import export as ex  # noqa: E402
-from kdkeras import quantize as qz  # noqa: E402
+from kdkeras import deploy  # noqa: E402
+from kdkeras.deploy import runners  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def cnn(digits, tmp_path_factory):
     )
     _train(model, x_train, y_train, epochs=8)
     path = str(tmp_path_factory.mktemp("q") / "cnn.onnx")
-    ex.export(model, path, sample_inputs=x_test)
+    deploy.export(model, path, sample_inputs=x_test)
     return model, path
 
 
@@ -60,7 +59,7 @@ def static_int8(cnn, digits):
     model, path = cnn
     (x_train, _), (x_test, y_test) = digits
     out = path.replace(".onnx", ".int8.onnx")
-    manifest = qz.quantize(
+    manifest = deploy.quantize(
         model, path, out, calibration_data=x_train, eval_data=(x_test, y_test)
     )
     return out, manifest
@@ -116,7 +115,7 @@ def test_static_report_matches_independent_measurement(static_int8, cnn, digits)
     model, float_path = cnn
     (_, _), (x_test, y_test) = digits
     q = manifest["quantization"]
-    int8 = _runtime.run_batched(_runtime.OnnxRunner(path), [x_test], 64)[0]
+    int8 = runners.run_batched(runners.OnnxRunner(path), [x_test], 64)[0]
     ref = keras.ops.convert_to_numpy(model(x_test, training=False))
     agreement = float(np.mean(int8.argmax(-1) == ref.argmax(-1)))
     assert manifest["parity"]["gate"] == "agreement"
@@ -139,7 +138,7 @@ def test_dynamic_quantizes_matmul_only(cnn, digits, tmp_path):
     model, path = cnn
     (_, _), (x_test, y_test) = digits
     out = str(tmp_path / "dyn.onnx")
-    manifest = qz.quantize(
+    manifest = deploy.quantize(
         model, path, out, mode="dynamic", eval_data=(x_test, y_test),
         min_agreement=0.97,
     )
@@ -159,8 +158,8 @@ def test_gate_fails_below_min_agreement(cnn, digits, tmp_path):
     )
     other = _train(other, x_train[:50], y_train[:50], epochs=1)
     out = str(tmp_path / "bad.int8.onnx")
-    with pytest.raises(ex.ParityError, match="agreement") as info:
-        qz.quantize(
+    with pytest.raises(deploy.ParityError, match="agreement") as info:
+        deploy.quantize(
             other, path, out, calibration_data=x_train, eval_data=(x_test, y_test)
         )
     assert info.value.report["agreement"] < 0.99
@@ -170,20 +169,20 @@ def test_gate_fails_below_min_agreement(cnn, digits, tmp_path):
 def test_needs_real_data(cnn, tmp_path):
     model, path = cnn
     with pytest.raises(ValueError, match="eval_data=None"):
-        qz.quantize(model, path, str(tmp_path / "x.onnx"))
+        deploy.quantize(model, path, str(tmp_path / "x.onnx"))
     x = np.zeros((4, 8, 8, 1), "float32")
     with pytest.raises(ValueError, match="calibration_data=None"):
-        qz.quantize(model, path, str(tmp_path / "x.onnx"), eval_data=x)
+        deploy.quantize(model, path, str(tmp_path / "x.onnx"), eval_data=x)
     assert not os.path.exists(tmp_path / "x.onnx")
 
 
 def test_default_settings_per_kind():
-    assert qz.default_settings("cnn")["mode"] == "static"
-    transformer = qz.default_settings("transformer")
+    assert deploy.default_settings("cnn")["mode"] == "static"
+    transformer = deploy.default_settings("transformer")
     assert transformer["mode"] == "dynamic"
     assert transformer["op_types"] == ["MatMul", "Gemm"]
     with pytest.raises(ValueError, match="mode='int4'"):
-        qz.default_settings("cnn", "int4")
+        deploy.default_settings("cnn", "int4")
 
 
 @pytest.fixture(scope="module")
@@ -197,20 +196,20 @@ def transformer(tmp_path_factory):
     h = keras.layers.Dense(16, activation="gelu")(h[:, 0])
     model = keras.Model(tokens, keras.layers.Dense(3)(h))
     path = str(tmp_path_factory.mktemp("t") / "t.onnx")
-    ex.export(model, path, num_samples=4)
+    deploy.export(model, path, num_samples=4)
     return model, path
 
 
 def test_model_kind_detection(cnn, transformer):
-    assert qz.model_kind(onnx.load(cnn[1])) == "cnn"
-    assert qz.model_kind(onnx.load(transformer[1])) == "transformer"
+    assert deploy.model_kind(onnx.load(cnn[1])) == "cnn"
+    assert deploy.model_kind(onnx.load(transformer[1])) == "transformer"
 
 
 def test_transformer_defaults_to_dynamic_matmul(transformer, tmp_path):
     model, path = transformer
     tokens = np.random.default_rng(0).integers(0, 10, (64, 4)).astype("int32")
     out = str(tmp_path / "t.int8.onnx")
-    manifest = qz.quantize(model, path, out, eval_data=tokens, min_agreement=0.9)
+    manifest = deploy.quantize(model, path, out, eval_data=tokens, min_agreement=0.9)
     q = manifest["quantization"]
     assert q["mode"] == "dynamic" and q["accuracy_int8"] is None
     ops = {n.op_type for n in onnx.load(out).graph.node}
@@ -222,9 +221,9 @@ def test_litert_int8(cnn, digits, tmp_path):
     model, _ = cnn
     (x_train, _), (x_test, y_test) = digits
     float_path = str(tmp_path / "f.tflite")
-    ex.export(model, float_path, "tflite", sample_inputs=x_test)
+    deploy.export(model, float_path, "tflite", sample_inputs=x_test)
     path = str(tmp_path / "q.tflite")
-    manifest = qz.quantize_tflite(
+    manifest = deploy.quantize_tflite(
         model, path, calibration_data=x_train, eval_data=(x_test, y_test)
     )
     assert manifest["parity"]["agreement"] >= 0.99

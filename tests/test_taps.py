@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kdkeras
-from kdkeras import taps
+from kdkeras.distill import taps
 
 L = keras.layers
 

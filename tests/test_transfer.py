@@ -1,7 +1,6 @@
+import keras
 import numpy as np
 import pytest
-
-import keras
 from keras import layers as L
 
 from kdkeras import transfer

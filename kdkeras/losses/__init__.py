@@ -1,56 +1,51 @@
 """Distillation terms: pure `keras.ops` functions and thin classes."""
 
-from kdkeras.losses.base import DistillationLoss, reduce_per_sample
-from kdkeras.losses.feature import (
-    AttentionTransfer,
-    FeatureDistillation,
-    attention_map,
-    attention_transfer_loss,
-    hint_loss,
-)
-from kdkeras.losses.feature_relational import (
-    PKT,
-    RKD,
-    SimilarityPreserving,
-    pkt_loss,
-    rkd_angle_loss,
-    rkd_distance_loss,
-    similarity_preserving_loss,
-)
-from kdkeras.losses.logits import (
-    DIST,
-    DKD,
-    LogitsDistillation,
-    dist_loss,
-    dkd_loss,
-    ensemble_logits,
-    kd_loss,
-    soft_cross_entropy,
-)
+from kdkeras.losses.base import DistillationLoss
+from kdkeras.losses.base import is_finite_number
+from kdkeras.losses.base import reduce_per_sample
+from kdkeras.losses.feature import AttentionTransfer
+from kdkeras.losses.feature import FeatureDistillation
+from kdkeras.losses.feature import attention_map
+from kdkeras.losses.feature import attention_transfer_loss
+from kdkeras.losses.feature import hint_loss
+from kdkeras.losses.feature_relational import PKT
+from kdkeras.losses.feature_relational import RKD
+from kdkeras.losses.feature_relational import SimilarityPreserving
+from kdkeras.losses.feature_relational import pkt_loss
+from kdkeras.losses.feature_relational import rkd_angle_loss
+from kdkeras.losses.feature_relational import rkd_distance_loss
+from kdkeras.losses.feature_relational import similarity_preserving_loss
+from kdkeras.losses.logits import DIST
+from kdkeras.losses.logits import DKD
+from kdkeras.losses.logits import LogitsDistillation
+from kdkeras.losses.logits import dist_loss
+from kdkeras.losses.logits import dkd_loss
+from kdkeras.losses.logits import ensemble_logits
+from kdkeras.losses.logits import kd_loss
+from kdkeras.losses.logits import soft_cross_entropy
 
-__all__ = sorted(
-    [
-        "AttentionTransfer",
-        "DIST",
-        "DKD",
-        "DistillationLoss",
-        "FeatureDistillation",
-        "LogitsDistillation",
-        "PKT",
-        "RKD",
-        "SimilarityPreserving",
-        "attention_map",
-        "attention_transfer_loss",
-        "dist_loss",
-        "dkd_loss",
-        "ensemble_logits",
-        "hint_loss",
-        "kd_loss",
-        "pkt_loss",
-        "reduce_per_sample",
-        "rkd_angle_loss",
-        "rkd_distance_loss",
-        "similarity_preserving_loss",
-        "soft_cross_entropy",
-    ]
-)
+__all__ = [
+    "AttentionTransfer",
+    "DIST",
+    "DKD",
+    "DistillationLoss",
+    "FeatureDistillation",
+    "LogitsDistillation",
+    "PKT",
+    "RKD",
+    "SimilarityPreserving",
+    "attention_map",
+    "attention_transfer_loss",
+    "dist_loss",
+    "dkd_loss",
+    "ensemble_logits",
+    "hint_loss",
+    "is_finite_number",
+    "kd_loss",
+    "pkt_loss",
+    "reduce_per_sample",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "similarity_preserving_loss",
+    "soft_cross_entropy",
+]

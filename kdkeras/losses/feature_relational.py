@@ -15,7 +15,8 @@ the other samples' rows.
 import keras
 from keras import ops
 
-from kdkeras.losses.feature import FeatureTerm, l2_normalize_rows
+from kdkeras.losses.feature import FeatureTerm
+from kdkeras.losses.feature import l2_normalize_rows
 
 
 def _flatten(features):

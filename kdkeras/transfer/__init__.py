@@ -19,13 +19,11 @@ from kdkeras.transfer.low_rank import low_rank
 from kdkeras.transfer.shrink import shrink
 from kdkeras.transfer.width import prune_width
 
-__all__ = sorted(
-    [
-        "Block",
-        "find_blocks",
-        "keep_blocks",
-        "low_rank",
-        "prune_width",
-        "shrink",
-    ]
-)
+__all__ = [
+    "Block",
+    "find_blocks",
+    "keep_blocks",
+    "low_rank",
+    "prune_width",
+    "shrink",
+]

@@ -17,6 +17,7 @@ import numpy as np
 from keras import tree
 
 from kdkeras.transfer import _graph
+from kdkeras.utils import keras_compat
 
 _POOLING = {
     f"{kind}Pooling{d}D"
@@ -310,11 +311,11 @@ def _activation_scores(analysis, roots, data, batch_size=64):
             if root in roots and len(x.shape) >= 2:
                 tensors.setdefault(root, []).append(x)
     flat = [x for r in roots for x in tensors.get(r, [])]
-    probe = keras.Model(analysis.graph._inputs_struct, flat)
+    probe = keras.Model(keras_compat.inputs_struct(analysis.graph), flat)
     n = len(tree.flatten(data)[0])
     sums = [0.0] * len(flat)
     for start in range(0, n, batch_size):
-        batch = tree.map_structure(lambda a: a[start : start + batch_size], data)
+        batch = tree.map_structure(lambda a: a[start : start + batch_size], data)  # noqa: B023
         outs = probe(batch, training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for i, y in enumerate(outs):

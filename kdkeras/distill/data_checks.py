@@ -10,7 +10,8 @@ declared size. Datasets are watched during training instead, by
 
 import numpy as np
 
-from kdkeras import cache as cache_lib
+from kdkeras.distill import teacher_cache as cache_lib
+from kdkeras.distill.callbacks import TerminateOnNonFinite
 
 
 def _leaves(value):
@@ -196,8 +197,6 @@ def check_validation_data(distiller, validation_data):
 def _has_nan_guard(callbacks):
     import keras
 
-    from kdkeras.callbacks import TerminateOnNonFinite
-
     items = getattr(callbacks, "callbacks", callbacks) or []
     return any(
         isinstance(c, (TerminateOnNonFinite, keras.callbacks.TerminateOnNaN)) for c in items
@@ -224,8 +223,6 @@ def fit_with_checks(fit, distiller, *args, **kwargs):
     check_validation_data(distiller, arguments.get("validation_data"))
     callbacks = arguments.get("callbacks")
     if not _has_nan_guard(callbacks):
-        from kdkeras.callbacks import TerminateOnNonFinite
-
         if callbacks is None:
             arguments["callbacks"] = [TerminateOnNonFinite()]
         elif isinstance(callbacks, (list, tuple)):

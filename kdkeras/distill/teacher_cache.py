@@ -7,6 +7,8 @@ model inputs, `TARGETS_KEY` the teacher's targets for the same samples. The
 
 import numpy as np
 
+from kdkeras.utils import keras_compat
+
 INPUTS_KEY = "kdkeras_inputs"
 TARGETS_KEY = "kdkeras_teacher_outputs"
 
@@ -39,10 +41,7 @@ def unpack_inputs(x):
 
 def _dataset_graph_nodes(dataset):
     """Nodes of a dataset's graph, functions (map bodies) included."""
-    import tensorflow as tf
-
-    graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(dataset._as_serialized_graph().numpy())
+    graph_def = keras_compat.dataset_graph_def(dataset)
     nodes = list(graph_def.node)
     for function in graph_def.library.function:
         nodes.extend(function.node_def)
@@ -121,7 +120,7 @@ def cache_teacher_outputs(distiller, x, batch_size=256):
     batches = []
     for start in range(0, n, batch_size):
         chunk = keras.tree.map_structure(
-            lambda v: tf.convert_to_tensor(v[start : start + batch_size]), x
+            lambda v: tf.convert_to_tensor(v[start : start + batch_size]), x  # noqa: B023 - called at once
         )
         batches.append(_numpy_tree(compute(chunk)))
     return {INPUTS_KEY: x, TARGETS_KEY: _concat_batches(batches)}

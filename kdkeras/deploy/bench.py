@@ -10,10 +10,6 @@ onnxruntime session options are set explicitly and reported.
 Keras models run through a `tf.function`-compiled call, never
 `model.predict`: its per-call overhead (~70 ms on the machine this was
 written on) hid a 12x teacher/student difference as 1.1x at batch 1.
-
-`compare(teacher, student, x_test, y_test, out_dir)` is the whole
-deployment pipeline: export both to ONNX with the parity gate, quantize the
-student to int8, benchmark everything and write the report.
 """
 
 import json
@@ -21,18 +17,18 @@ import os
 
 import numpy as np
 
-from kdkeras import _runtime
-from kdkeras import export as _export
-from kdkeras._io import atomic_write_text
-
-load_runner = _runtime.load_runner
+from kdkeras.deploy import manifest as manifest_lib
+from kdkeras.deploy import runners
+from kdkeras.deploy import signatures
+from kdkeras.utils import tables
+from kdkeras.utils.atomic import atomic_write_text
 
 
 def _count_params(runner):
     if runner.kind == "keras":
         return int(runner.model.count_params())
     if runner.kind == "onnx":
-        onnx = _runtime.require("onnx")
+        onnx = runners.require("onnx")
         proto = onnx.load(runner.path, load_external_data=False)
         # Weights only: float and int8 tensors; int64/int32 initializers are
         # shapes and axes that tf2onnx adds.
@@ -55,7 +51,7 @@ def _count_params(runner):
 def _file_size(runner):
     if runner.path is None:
         return None
-    return _export.file_digest(runner.path)[0]
+    return manifest_lib.file_digest(runner.path)[0]
 
 
 def _named(models):
@@ -88,7 +84,7 @@ def _expected_shapes(runner, x):
             for detail in runner._inputs
         ]
     if runner.kind == "keras":
-        return [list(s.shape) for s in _export.input_specs(runner.model, x)]
+        return [list(s.shape) for s in signatures.input_specs(runner.model, x)]
     return None
 
 
@@ -157,7 +153,7 @@ def benchmark(
     named = _named(models)
     if not named:
         raise ValueError("Expected at least one model. Received: models=[]")
-    x = _runtime.as_input_list(x)
+    x = runners.as_input_list(x)
     if max_eval_samples is not None:
         x = [a[:max_eval_samples] for a in x]
         y = None if y is None else np.asarray(y)[:max_eval_samples]
@@ -168,14 +164,16 @@ def benchmark(
             f"Expected reference to be one of {names}. "
             f"Received: reference={reference!r}"
         )
-    runners = [load_runner(m, threads=threads, safe_mode=safe_mode) for _, m in named]
-    for (name, _), runner in zip(named, runners):
+    loaded = [
+        runners.load_runner(m, threads=threads, safe_mode=safe_mode) for _, m in named
+    ]
+    for (name, _), runner in zip(named, loaded):
         check_data_fits(name, runner, x)
 
     predictions = []
-    for (name, _), runner in zip(named, runners):
+    for (name, _), runner in zip(named, loaded):
         try:
-            predictions.append(_runtime.run_batched(runner, x, batch_size)[0])
+            predictions.append(runners.run_batched(runner, x, batch_size)[0])
         except Exception as e:  # noqa: BLE001 - one line for the CLI
             raise ValueError(
                 f"Expected model {name!r} to run on the data (shape "
@@ -184,13 +182,13 @@ def benchmark(
             ) from e
     ref_pred = predictions[names.index(reference)].argmax(-1)
 
-    one = _runtime.take(x, 0, 1)
-    lat = _runtime.interleaved_timings(
-        runners, one, calls=calls, repeats=repeats, warmup=warmup
+    one = runners.take(x, 0, 1)
+    lat = runners.interleaved_timings(
+        loaded, one, calls=calls, repeats=repeats, warmup=warmup
     )
-    batch = _runtime.take(x, 0, batch_size)
-    thr = _runtime.interleaved_timings(
-        runners,
+    batch = runners.take(x, 0, batch_size)
+    thr = runners.interleaved_timings(
+        loaded,
         batch,
         calls=max(2, calls // 4),
         repeats=repeats,
@@ -198,7 +196,7 @@ def benchmark(
     )
 
     results = []
-    for i, ((name, _), runner) in enumerate(zip(named, runners)):
+    for i, ((name, _), runner) in enumerate(zip(named, loaded)):
         ms = 1e3 * lat[i]
         pred = predictions[i].argmax(-1)
         results.append(
@@ -235,8 +233,8 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def format_table(results, markdown=False):
-    """The results as a text table (or a Markdown table)."""
+def format_results(results, markdown=False):
+    """The results of `benchmark` as a text table (or a Markdown table)."""
     header = [
         "model",
         "kind",
@@ -267,16 +265,7 @@ def format_table(results, markdown=False):
         ]
         for r in results
     ]
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |"]
-        lines.append("|" + "|".join("---" for _ in header) + "|")
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+    return tables.format_table(rows, header, markdown=markdown)
 
 
 def write_json(results, path, extra=None):
@@ -286,157 +275,3 @@ def write_json(results, path, extra=None):
     return os.fspath(path)
 
 
-def _by_name(results):
-    return {r["name"]: r for r in results}
-
-
-def compare(
-    teacher,
-    student,
-    x_test,
-    y_test,
-    out_dir,
-    *,
-    calibration_data=None,
-    quantize="static",
-    opset=_export.DEFAULT_OPSET,
-    min_agreement=0.99,
-    batch_size=64,
-    calls=20,
-    repeats=5,
-    threads=None,
-    title="Teacher vs student: deployment",
-    command=None,
-):
-    """Export, parity gate, int8 quantization, benchmark and report, in one call.
-
-    Writes to `out_dir`: `teacher.onnx`, `student.onnx`,
-    `student.int8.onnx` (each with its manifest), `bench.json`,
-    `report.md` and `bench.png`. Benchmarks the three ONNX files and the
-    student as a `tf.function`-compiled Keras call, on the same held-out
-    data, with the float32 teacher as the agreement reference.
-
-    Args:
-        teacher: the teacher, a plain Keras model.
-        student: the student, a plain Keras model (never a `Distiller`).
-        x_test: held-out inputs (array or list of arrays).
-        y_test: held-out integer labels.
-        out_dir: output folder (created).
-        calibration_data: samples for static int8 calibration, ideally from
-            the training set. Defaults to the first 256 of `x_test`.
-        quantize: `"static"`, `"dynamic"` or `None` (no int8). Defaults to
-            `"static"`.
-        opset: ONNX opset (at most 18). Defaults to `17`.
-        min_agreement: the int8 gate: argmax agreement with the float32
-            student on `x_test`. Defaults to `0.99`.
-        batch_size: throughput batch size. Defaults to `64`.
-        calls: timed batch-1 calls per model per repeat. Defaults to `20`.
-        repeats: interleaved rounds. Defaults to `5`.
-        threads: runtime threads. Defaults to all cores.
-        title: report title.
-        command: the command that produced the report, printed in it.
-
-    Returns:
-        A `dict`: `results` (from `benchmark`), `manifests` (by artifact),
-        `ratios` (`student_vs_teacher_onnx_p50`, `onnx_vs_keras_p50`,
-        `int8_size_ratio`, `int8_agreement`, `int8_vs_float_batch`) and
-        `report`, `json`, `plot` paths.
-
-    Raises:
-        ParityError: an export or the int8 model fails its gate.
-
-    Example:
-
-    ```python
-    out = kdkeras.bench.compare(teacher, student, x_test, y_test, "deploy",
-                                calibration_data=x_train[:256])
-    print(out["ratios"])
-    ```
-    """
-    from kdkeras import quantize as _quantize
-    from kdkeras import report as _report
-
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    x = _runtime.as_input_list(x_test)
-    y = np.asarray(y_test)
-    manifests = {}
-    paths = {}
-    for name, model in (("teacher", teacher), ("student", student)):
-        path = os.path.join(out_dir, f"{name}.onnx")
-        manifests[f"{name}.onnx"] = _export.export(
-            model, path, "onnx", sample_inputs=x, opset=opset, threads=threads
-        )
-        paths[f"{name}.onnx"] = path
-    if quantize:
-        path = os.path.join(out_dir, "student.int8.onnx")
-        manifests["student.int8.onnx"] = _quantize.quantize(
-            student,
-            paths["student.onnx"],
-            path,
-            mode=quantize,
-            calibration_data=(
-                calibration_data if calibration_data is not None else [a[:256] for a in x]
-            ),
-            eval_data=(x, y),
-            min_agreement=min_agreement,
-            batch_size=batch_size,
-            threads=threads,
-        )
-        paths["student.int8.onnx"] = path
-    models = dict(paths)
-    models["student (keras)"] = student
-    results = benchmark(
-        models,
-        x,
-        y,
-        reference="teacher.onnx",
-        batch_size=batch_size,
-        calls=calls,
-        repeats=repeats,
-        threads=threads,
-    )
-    by = _by_name(results)
-    p50 = lambda n: by[n]["latency_ms"]["p50"]  # noqa: E731
-    ratios = {
-        "student_vs_teacher_onnx_p50": p50("teacher.onnx") / p50("student.onnx"),
-        "onnx_vs_keras_p50": p50("student (keras)") / p50("student.onnx"),
-    }
-    if quantize:
-        q = manifests["student.int8.onnx"]
-        ratios.update(
-            {
-                "int8_size_ratio": by["student.int8.onnx"]["file_size_bytes"]
-                / by["student.onnx"]["file_size_bytes"],
-                "int8_agreement": q["parity"]["agreement"],
-                "int8_vs_float_batch": by["student.int8.onnx"]["throughput_per_s"]
-                / by["student.onnx"]["throughput_per_s"],
-            }
-        )
-    json_path = write_json(
-        results,
-        os.path.join(out_dir, "bench.json"),
-        extra={
-            "ratios": ratios,
-            "parity": {k: m["parity"] for k, m in manifests.items()},
-            "quantization": {
-                k: m["quantization"] for k, m in manifests.items() if "quantization" in m
-            },
-            "command": command,
-        },
-    )
-    written = _report.write_report(
-        results,
-        out_dir,
-        title=title,
-        command=command,
-        ratios=ratios,
-        manifests=manifests,
-    )
-    return {
-        "results": results,
-        "manifests": manifests,
-        "ratios": ratios,
-        "json": json_path,
-        **written,
-    }

@@ -13,8 +13,7 @@ import json
 import os
 import sys
 
-_EXT = {"onnx": ".onnx", "tflite": ".tflite", "keras": ".keras", "saved_model": ""}
-
+__all__ = ["add_parsers", "run_bench", "run_export"]
 
 def add_parsers(subparsers):
     """Adds `export` and `bench` to the `kdkeras` argument parser."""
@@ -104,150 +103,51 @@ def _existing(path, what="model"):
     return path
 
 
-def _load_data(name):
-    from kdkeras import datasets
-
-    return datasets.load(name)
-
-
 def run_export(args):
     """Handler of `kdkeras export`; returns the exit status."""
-    from kdkeras import _runtime
-    from kdkeras import export as ex
-    from kdkeras import quantize as qz
+    from kdkeras import datasets
+    from kdkeras import deploy
 
     path = _existing(args.model)
-    if not path.endswith(".keras"):
-        raise ValueError(
-            f"Expected a Keras model file ending in .keras. Received: model={path!r}"
-        )
     if args.quantize and args.data is None:
         raise ValueError(
             "Expected --data NAME with --quantize: int8 is calibrated and "
             "checked on real data. Received: data=None"
         )
-    if args.quantize == "dynamic" and args.format != "onnx":
-        raise ValueError(
-            "Expected --format onnx for dynamic quantization. "
-            f"Received: format={args.format!r}"
-        )
-    if args.quantize and args.format not in ("onnx", "tflite"):
-        raise ValueError(
-            "Expected --format onnx or tflite with --quantize. "
-            f"Received: format={args.format!r}"
-        )
-    if args.format == "onnx":
-        ex._validate_opset(args.opset)
-    model = _runtime.load_keras(path, safe_mode=not args.unsafe_deserialization)
     train = test = None
     if args.data is not None:
-        (x_train, y_train), (x_test, y_test) = _load_data(args.data)
-        specs = ex.input_specs(model)
-        ex.check_input_shapes(specs, [x_test])
+        (x_train, _), (x_test, y_test) = datasets.load(args.data)
         train, test = x_train, (x_test, y_test)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    os.makedirs(args.out, exist_ok=True)
-    target = os.path.join(args.out, stem + _EXT[args.format])
-    if args.format == "saved_model":
-        target = os.path.join(args.out, stem + "_saved_model")
-
-    summary = {"model": path, "passed": True, "artifacts": []}
-
-    def record(manifest):
-        p = manifest["parity"]
-        entry = {
-            "path": manifest["path"],
-            "format": manifest["format"],
-            "passed": p.get("passed"),
-            "gate": p.get("gate"),
-            "max_abs_diff": p.get("max_abs_diff"),
-            "agreement": p.get("agreement"),
-            "atol": p.get("atol"),
-            "min_agreement": p.get("min_agreement"),
-            "num_samples": p.get("num_samples"),
-            "data": p.get("data"),
-            "batch_sizes": p.get("batch_sizes"),
-            "file_size_bytes": manifest.get("file_size_bytes"),
-            "manifest": manifest.get("manifest_path"),
-        }
-        q = manifest.get("quantization")
-        if q:
-            entry["quantization"] = {
-                k: q[k]
-                for k in (
-                    "mode",
-                    "size_ratio",
-                    "accuracy_float32",
-                    "accuracy_int8",
-                    "accuracy_change",
-                    "latency_ratio_batch1",
-                    "agreement_with_float32",
-                )
-                if k in q
-            }
-        summary["artifacts"].append(entry)
-
-    def emit():
-        print(json.dumps(summary), flush=True)
-
-    try:
-        record(
-            ex.export(
-                model,
-                target,
-                args.format,
-                sample_inputs=None if test is None else test[0],
-                opset=args.opset,
-                atol=args.atol,
-                min_agreement=args.min_agreement,
-                batch_sizes=tuple(args.batch_sizes),
-                num_samples=args.num_samples,
-                safe_mode=not args.unsafe_deserialization,
-            )
-        )
-        if args.quantize:
-            qpath = os.path.join(args.out, stem + ".int8" + _EXT[args.format])
-            if args.format == "onnx":
-                manifest = qz.quantize(
-                    model,
-                    target,
-                    qpath,
-                    mode=args.quantize,
-                    calibration_data=train,
-                    eval_data=test,
-                    min_agreement=args.min_agreement,
-                    batch_sizes=tuple(args.batch_sizes),
-                )
-            else:
-                manifest = qz.quantize_tflite(
-                    model,
-                    qpath,
-                    calibration_data=train,
-                    eval_data=test,
-                    min_agreement=args.min_agreement,
-                    batch_sizes=tuple(args.batch_sizes),
-                )
-            record(manifest)
-    except ex.ParityError as e:
-        summary["passed"] = False
-        summary["error"] = " ".join(str(e).split())
-        summary["failed_parity"] = e.report
-        emit()
+    summary = deploy.export_file(
+        path,
+        args.out,
+        args.format,
+        quantize=args.quantize,
+        train=train,
+        test=test,
+        opset=args.opset,
+        atol=args.atol,
+        min_agreement=args.min_agreement,
+        batch_sizes=tuple(args.batch_sizes),
+        num_samples=args.num_samples,
+        safe_mode=not args.unsafe_deserialization,
+    )
+    print(json.dumps(summary), flush=True)
+    if not summary["passed"]:
         print(f"kdkeras: error: {summary['error']}", file=sys.stderr)
         return 1
-    emit()
     return 0
 
 
 def run_bench(args):
     """Handler of `kdkeras bench`; returns the exit status."""
-    from kdkeras import bench
-    from kdkeras import report
+    from kdkeras import datasets
+    from kdkeras import deploy
 
     for path in args.models:
         _existing(path)
-    (_, _), (x_test, y_test) = _load_data(args.data)
-    results = bench.benchmark(
+    (_, _), (x_test, y_test) = datasets.load(args.data)
+    results = deploy.benchmark(
         args.models,
         x_test,
         y_test,
@@ -259,17 +159,17 @@ def run_bench(args):
         max_eval_samples=args.max_samples,
         safe_mode=not args.unsafe_deserialization,
     )
-    print(bench.format_table(results))
+    print(deploy.format_results(results))
     command = " ".join(
         ["kdkeras bench", *args.models, "--data", args.data]
         + [f"--batch-size {args.batch_size}", f"--repeats {args.repeats}"]
         + ([f"--threads {args.threads}"] if args.threads else [])
     )
     if args.json:
-        bench.write_json(results, args.json, extra={"data": args.data})
+        deploy.write_json(results, args.json, extra={"data": args.data})
         print(f"wrote {args.json}")
     if args.report:
-        written = report.write_report(
+        written = deploy.write_report(
             results, args.report, title=f"Benchmark on {args.data}", command=command
         )
         print(f"wrote {written['report']}")

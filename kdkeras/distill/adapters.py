@@ -11,7 +11,10 @@ the student, so a saved or exported student contains none.
 
 import keras
 
-from kdkeras import taps
+from kdkeras.distill import taps
+from kdkeras.utils import keras_compat
+from kdkeras.utils import tables
+
 
 def make_adapter(student_shape, teacher_shape, name=None):
     """A fresh adapter mapping features of `student_shape` to `teacher_shape`.
@@ -118,7 +121,7 @@ def _fast_shapes(model, layers):
                     return None
                 tensor = outputs[0]
             else:
-                if len(getattr(layer, "_inbound_nodes", [])) != 1:
+                if keras_compat.inbound_node_count(layer) != 1:
                     return None  # never called symbolically, or shared
                 tensor = layer.output
         except (AttributeError, ValueError):
@@ -133,7 +136,7 @@ def _shapes(model, layers):
     return _fast_shapes(model, layers) or taps.feature_shapes(model, layers)
 
 
-def build_adapters(distiller, verbose=True):
+def build_adapters(terms, teacher, student, teacher_taps, student_taps, verbose=True):
     """One adapter layer (or `None`) per distillation term of `distiller`.
 
     For each term:
@@ -153,8 +156,12 @@ def build_adapters(distiller, verbose=True):
     `kdkeras` logger instead).
 
     Args:
-        distiller: a `kdkeras.Distiller` whose taps are resolved
-            (`distiller._teacher_taps`, `distiller._student_taps`).
+        terms: the distillation terms.
+        teacher: the (first) teacher model.
+        student: the student model.
+        teacher_taps: per term, the tapped teacher layer, or `None` for the
+            teacher's output (`taps.find_layer` results).
+        student_taps: the same for the student.
         verbose: print the table. Defaults to `True`.
 
     Returns:
@@ -164,31 +171,29 @@ def build_adapters(distiller, verbose=True):
         ValueError: when an adapter's output does not have the teacher's
             feature shape, or no automatic adapter fits.
     """
-    terms = distiller.distillation_losses
     wanted = [
         j
         for j, term in enumerate(terms)
         if getattr(term, "adapter", None) is not None
-        or distiller._teacher_taps[j] is not None
-        or distiller._student_taps[j] is not None
+        or teacher_taps[j] is not None
+        or student_taps[j] is not None
     ]
     built = [None] * len(terms)
     if not wanted:
         return built
-    teacher = distiller._teachers[0]
     try:
-        t_shapes = _shapes(teacher, [distiller._teacher_taps[j] for j in wanted])
+        t_shapes = _shapes(teacher, [teacher_taps[j] for j in wanted])
         s_shapes = _shapes(
-            distiller.student, [distiller._student_taps[j] for j in wanted]
+            student, [student_taps[j] for j in wanted]
         )
     except ValueError:
         # An unbuilt model: only terms with an adapter need the shapes.
         wanted = [j for j in wanted if getattr(terms[j], "adapter", None) is not None]
         if not wanted:
             return built
-        t_shapes = _shapes(teacher, [distiller._teacher_taps[j] for j in wanted])
+        t_shapes = _shapes(teacher, [teacher_taps[j] for j in wanted])
         s_shapes = _shapes(
-            distiller.student, [distiller._student_taps[j] for j in wanted]
+            student, [student_taps[j] for j in wanted]
         )
     rows, any_auto = [], False
     for j, t_shape, s_shape in zip(wanted, t_shapes, s_shapes):
@@ -219,19 +224,20 @@ def build_adapters(distiller, verbose=True):
         rows.append(
             (
                 getattr(term, "name", None) or type(term).__name__,
-                _layer_name(distiller._teacher_taps[j]),
+                _layer_name(teacher_taps[j]),
                 str(t_shape[1:] if _is_shape(t_shape) else t_shape),
-                _layer_name(distiller._student_taps[j]),
+                _layer_name(student_taps[j]),
                 str(s_shape[1:] if _is_shape(s_shape) else s_shape),
                 describe(adapter),
                 str(adapter.count_params()) if adapter is not None else "0",
             )
         )
     if verbose and any_auto and any(a is not None for a in built):
-        taps._print(
-            taps._table(
-                ("term", "teacher", "shape", "student", "shape", "adapter", "params"),
+        taps.print_message(
+            tables.format_table(
                 rows,
+                ("term", "teacher", "shape", "student", "shape", "adapter", "params"),
+                markdown=False,
                 title="Feature pairs and adapters:",
             )
         )

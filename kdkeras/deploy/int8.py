@@ -33,10 +33,13 @@ import platform
 
 import numpy as np
 
-from kdkeras import _io
-from kdkeras import _runtime
-from kdkeras import export as _export
-from kdkeras._io import atomic_path
+from kdkeras.deploy import exporter
+from kdkeras.deploy import litert
+from kdkeras.deploy import parity
+from kdkeras.deploy import runners
+from kdkeras.deploy import signatures
+from kdkeras.utils import atomic
+from kdkeras.utils.atomic import atomic_path
 
 MODES = ("static", "dynamic")
 
@@ -146,7 +149,7 @@ class _Reader:
         if self.start >= n:
             return None
         stop = min(self.start + self.batch_size, n)
-        batch = _runtime.take(self.inputs, self.start, stop)
+        batch = runners.take(self.inputs, self.start, stop)
         self.start = stop
         return {k: v for k, v in zip(self.names, batch)}
 
@@ -165,7 +168,7 @@ def _split_eval(eval_data):
         x, y = eval_data
     else:
         x, y = eval_data, None
-    return _runtime.as_input_list(x), None if y is None else np.asarray(y)
+    return runners.as_input_list(x), None if y is None else np.asarray(y)
 
 
 def _accuracy(outputs, y):
@@ -178,8 +181,8 @@ def compare_runners(float_runner, int8_runner, x, y, *, batch_size=64,
                     repeats=3, calls=10):
     """Size-independent figures of an int8 runner against its float32 one:
     accuracies, agreement and latency ratios at batch 1 and `batch_size`."""
-    ref = _runtime.run_batched(float_runner, x, batch_size)
-    out = _runtime.run_batched(int8_runner, x, batch_size)
+    ref = runners.run_batched(float_runner, x, batch_size)
+    out = runners.run_batched(int8_runner, x, batch_size)
     figures = {
         "accuracy_float32": _accuracy(ref, y),
         "accuracy_int8": _accuracy(out, y),
@@ -193,8 +196,8 @@ def compare_runners(float_runner, int8_runner, x, y, *, batch_size=64,
             figures["accuracy_int8"] - figures["accuracy_float32"]
         )
     for bs in (1, batch_size):
-        batch = _runtime.take(x, 0, bs)
-        t_float, t_int8 = _runtime.interleaved_timings(
+        batch = runners.take(x, 0, bs)
+        t_float, t_int8 = runners.interleaved_timings(
             [float_runner, int8_runner], batch, calls=calls, repeats=repeats
         )
         figures[f"latency_ms_float32_batch{bs}"] = 1e3 * float(np.median(t_float))
@@ -221,7 +224,7 @@ def quantize(
     op_types=None,
     num_calibration=256,
     batch_size=64,
-    batch_sizes=_export.DEFAULT_BATCH_SIZES,
+    batch_sizes=parity.DEFAULT_BATCH_SIZES,
     threads=None,
 ):
     """Quantizes a float32 ONNX file to int8 and gates it on held-out data.
@@ -270,8 +273,8 @@ def quantize(
     print(manifest["quantization"]["size_ratio"])
     ```
     """
-    onnx = _runtime.require("onnx")
-    q = _runtime.require("onnxruntime.quantization")
+    onnx = runners.require("onnx")
+    q = runners.require("onnxruntime.quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx_path, path = os.fspath(onnx_path), os.fspath(path)
@@ -293,20 +296,20 @@ def quantize(
         if value is not None:
             settings[key] = value
     names = [i.name for i in proto.graph.input]
-    specs = _export.input_specs(model, x)
-    _export.check_input_shapes(specs, x)
+    specs = signatures.input_specs(model, x)
+    signatures.check_input_shapes(specs, x)
     if settings["mode"] == "static":
         if calibration_data is None:
             raise ValueError(
                 "Expected `calibration_data` (samples of the user's data) for "
                 "static quantization. Received: calibration_data=None"
             )
-        cal = [c[:num_calibration] for c in _runtime.as_input_list(calibration_data)]
-        _export.check_input_shapes(specs, cal)
+        cal = [c[:num_calibration] for c in runners.as_input_list(calibration_data)]
+        signatures.check_input_shapes(specs, cal)
 
     # Built under a staging name, renamed into place once it passes the gate.
     target = os.fspath(path)
-    staged = _io.staging_path(target, suffix=".onnx")
+    staged = atomic.staging_path(target, suffix=".onnx")
     with atomic_path(staged, suffix=".onnx") as tmp:
         prep = tmp + ".prep.onnx"
         try:
@@ -355,14 +358,14 @@ def quantize(
             if os.path.exists(prep):
                 os.remove(prep)
 
-    float_runner = _runtime.OnnxRunner(onnx_path, threads)
-    int8_runner = _runtime.OnnxRunner(staged, threads)
+    float_runner = runners.OnnxRunner(onnx_path, threads)
+    int8_runner = runners.OnnxRunner(staged, threads)
     report = {"model_kind": kind, **settings}
     report["size_ratio"] = os.path.getsize(staged) / os.path.getsize(onnx_path)
     report.update(
         compare_runners(float_runner, int8_runner, x, y, batch_size=batch_size)
     )
-    return _export.gate(
+    return exporter.gate(
         model,
         staged,
         "onnx",
@@ -388,7 +391,7 @@ def quantize_tflite(
     eval_data,
     min_agreement=0.99,
     num_calibration=256,
-    batch_sizes=_export.DEFAULT_BATCH_SIZES,
+    batch_sizes=parity.DEFAULT_BATCH_SIZES,
     threads=None,
 ):
     """LiteRT int8 (weights and activations, float32 input and output).
@@ -397,16 +400,16 @@ def quantize_tflite(
     agreement with the Keras model like `quantize`. Returns the manifest.
     """
     x, y = _split_eval(eval_data)
-    specs = _export.input_specs(model, x)
-    _export.check_input_shapes(specs, x)
-    cal = [c[:num_calibration] for c in _runtime.as_input_list(calibration_data)]
-    _export.check_input_shapes(specs, cal)
+    specs = signatures.input_specs(model, x)
+    signatures.check_input_shapes(specs, x)
+    cal = [c[:num_calibration] for c in runners.as_input_list(calibration_data)]
+    signatures.check_input_shapes(specs, cal)
     target = os.fspath(path)
-    staged = _io.staging_path(target, suffix=".tflite")
-    info = _export._write_tflite(model, staged, specs, calibration=cal)
-    runner = _runtime.TFLiteRunner(staged, threads)
-    out = _runtime.run_batched(runner, x, 64)
-    ref = _export.keras_outputs(model, x)
+    staged = atomic.staging_path(target, suffix=".tflite")
+    info = litert.write_litert(model, staged, specs, calibration=cal)
+    runner = runners.TFLiteRunner(staged, threads)
+    out = runners.run_batched(runner, x, 64)
+    ref = parity.keras_outputs(model, x)
     report = {
         "mode": "litert-int8",
         "calibration_samples": int(len(cal[0])),
@@ -416,7 +419,7 @@ def quantize_tflite(
             np.mean(ref[0].argmax(-1) == out[0].argmax(-1))
         ),
     }
-    return _export.gate(
+    return exporter.gate(
         model,
         staged,
         "tflite",

@@ -1,4 +1,4 @@
-"""ONNX conversion for `kdkeras.export`: two routes and the graph fixes.
+"""The ONNX format for `kdkeras.deploy.export`: two routes and the graph fixes.
 
 Route "keras" is `Model.export(format="onnx")`; route "saved_model" is
 tf2onnx on a SavedModel export (what `python -m tf2onnx.convert
@@ -12,9 +12,11 @@ import tempfile
 
 import numpy as np
 
-from kdkeras import _runtime
-from kdkeras._io import atomic_path
-from kdkeras._io import atomic_write_bytes
+from kdkeras.deploy import runners
+from kdkeras.deploy.errors import ConversionError
+from kdkeras.utils import keras_compat
+from kdkeras.utils.atomic import atomic_path
+from kdkeras.utils.atomic import atomic_write_bytes
 
 
 def _fix_onnx(proto):
@@ -22,7 +24,7 @@ def _fix_onnx(proto):
 
     Returns the list of fixes applied (for the manifest).
     """
-    onnx = _runtime.require("onnx")
+    onnx = runners.require("onnx")
     from onnx import helper
     from onnx import numpy_helper
 
@@ -107,16 +109,11 @@ def _onnx_via_saved_model(model, tmp, specs, opset):
     --saved-model`."""
     import tensorflow as tf
 
-    tf_loader = _runtime.require("tf2onnx.tf_loader")
-    convert = _runtime.require("tf2onnx.convert")
-    try:
-        # tf2onnx 1.17 still uses `np.object` etc. (removed in NumPy 2);
-        # Keras ships the patch. Remove once tf2onnx supports NumPy 2.
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
-
-        patch_tf2onnx()
-    except ImportError:
-        pass
+    tf_loader = runners.require("tf2onnx.tf_loader")
+    convert = runners.require("tf2onnx.convert")
+    # tf2onnx 1.17 still uses `np.object` etc. (removed in NumPy 2); Keras
+    # ships the patch. Remove once tf2onnx supports NumPy 2.
+    keras_compat.patch_tf2onnx_for_numpy2()
     with tempfile.TemporaryDirectory() as folder:
         sm = os.path.join(folder, "saved_model")
         arg = [specs[0]] if len(specs) == 1 else [list(specs)]
@@ -146,8 +143,8 @@ def _onnx_via_saved_model(model, tmp, specs, opset):
 
 
 def write_onnx(model, path, specs, opset, route):
-    onnx = _runtime.require("onnx")
-    _runtime.require("tf2onnx")
+    onnx = runners.require("onnx")
+    runners.require("tf2onnx")
     routes = {"keras": _onnx_via_keras, "saved_model": _onnx_via_saved_model}
     if route not in ("auto",) + tuple(routes):
         raise ValueError(
@@ -172,9 +169,7 @@ def write_onnx(model, path, specs, opset, route):
         fixes = _fix_onnx(proto)
         bad = _unconverted_ops(proto)
         if bad:
-            from kdkeras.export import ParityError
-
-            raise ParityError(
+            raise ConversionError(
                 "Expected an ONNX graph of standard operators; tf2onnx left "
                 f"TensorFlow ops unconverted. Received: ops={bad}"
             )

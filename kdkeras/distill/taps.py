@@ -12,11 +12,13 @@ import logging
 
 import keras
 
+from kdkeras.utils import keras_compat
+
 
 def iter_layers(model):
     """All layers reachable from `model`, depth first, the model excluded."""
     seen = set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in keras_compat.flatten_layers(model):
         if id(layer) not in seen:
             seen.add(id(layer))
             yield layer
@@ -88,7 +90,8 @@ def capture(layers):
                 continue
             original = layer.call
 
-            def call(*args, __original=original, __key=id(layer), **kwargs):
+            # Defaults bind this iteration's layer (a closure would see the last).
+            def call(*args, __original=original, __key=id(layer), **kwargs):  # noqa: B008
                 outputs = __original(*args, **kwargs)
                 store[__key] = outputs
                 return outputs
@@ -104,7 +107,7 @@ def capture(layers):
 
 
 @contextlib.contextmanager
-def _record_calls(layers):
+def record_calls(layers):
     """Like `capture`, but records `(layer, output)` for every call, in order."""
     calls = []
     wrapped = []
@@ -143,13 +146,13 @@ def input_spec(model):
     except (AttributeError, ValueError):
         inputs = None
     if inputs:
-        struct = getattr(model, "_inputs_struct", None)
+        struct = keras_compat.inputs_struct(model)
         if struct is None:
             struct = inputs[0] if len(inputs) == 1 else list(inputs)
         return keras.tree.map_structure(
             lambda t: keras.KerasTensor(free_batch_axis(t.shape), t.dtype), struct
         )
-    shapes = getattr(model, "_build_shapes_dict", None)
+    shapes = keras_compat.build_shapes(model)
     if shapes and len(shapes) == 1:
         shape = next(iter(shapes.values()))
         if isinstance(shape, (list, tuple)) and all(
@@ -160,7 +163,7 @@ def input_spec(model):
     return None
 
 
-def _trace(model, fn):
+def trace(model, fn):
     """Runs `fn(model_inputs)` symbolically, once, on no data.
 
     The trace happens in a scratch graph: shapes come out, nothing is
@@ -209,7 +212,7 @@ def feature_shapes(model, layers):
         }
         return keras.tree.flatten(outputs)
 
-    _trace(model, fn)
+    trace(model, fn)
     return [
         result["outputs"] if layer is None else result["taps"].get(id(layer))
         for layer in layers
@@ -226,167 +229,7 @@ def _shape_of(tensor):
     return free_batch_axis(tensor.shape)
 
 
-def _candidate_layers(model):
-    """`(layer, shape)` of leaf layers with image (rank 4) or vector outputs.
-
-    In the order they run, the last call kept per layer; layers whose output
-    equals their input (activations, dropout) replace the layer before them,
-    so a block is represented by its activated output. The model's final
-    layer is left out.
-    """
-    leaves = [layer for layer in iter_layers(model) if not isinstance(layer, keras.Model)]
-    order = {}
-
-    def fn(inputs):
-        with _record_calls(leaves) as calls:
-            outputs = model(inputs, training=False)
-        for layer, out in calls:
-            if keras.tree.is_nested(out):
-                continue
-            order.pop(id(layer), None)
-            order[id(layer)] = (layer, _shape_of(out))
-        return keras.tree.flatten(outputs)
-
-    _trace(model, fn)
-    entries = list(order.values())[:-1]  # the last one is the model output
-    picked = []
-    for layer, shape in entries:
-        if len(shape) not in (2, 4):
-            continue
-        if picked and picked[-1][1] == shape and _is_shape_preserving(layer):
-            picked[-1] = (layer, shape)
-        else:
-            picked.append((layer, shape))
-    return picked
-
-
-def _is_shape_preserving(layer):
-    return isinstance(
-        layer,
-        (
-            keras.layers.Activation,
-            keras.layers.ReLU,
-            keras.layers.LeakyReLU,
-            keras.layers.Dropout,
-            keras.layers.BatchNormalization,
-            keras.layers.LayerNormalization,
-        ),
-    )
-
-
-def _stage_ends(candidates):
-    """Last layer of each run of equal spatial size, plus the last vector."""
-    ends = []
-    for i, (layer, shape) in enumerate(candidates):
-        nxt = candidates[i + 1][1] if i + 1 < len(candidates) else None
-        if len(shape) == 4 and (nxt is None or nxt[1:3] != shape[1:3]):
-            ends.append(i)
-    vectors = [i for i, (_, shape) in enumerate(candidates) if len(shape) == 2]
-    if vectors:
-        ends.append(vectors[-1])
-    return sorted(set(ends))
-
-
-def propose_layer_pairs(teacher, student, n=3, verbose=True):
-    """Proposes teacher/student layer pairs for feature distillation.
-
-    Both models are traced once (symbolically). Candidates are the layers
-    whose outputs are image features `(batch, height, width, channels)` or
-    vectors `(batch, units)`; among them, the ends of stages (the last layer
-    before the spatial size changes, and the last vector before the output)
-    are preferred, as FitNets, AT and CRD tap them. Student stage ends are
-    paired with the teacher stage end closest in relative depth (the share
-    of the candidate layers run once the layer's output exists, in (0, 1]),
-    preferring the same kind of feature (image or vector).
-
-    Args:
-        teacher: the teacher model (built).
-        student: the student model (built).
-        n: the number of pairs to propose. Defaults to 3.
-        verbose: print a table of the pairs, their shapes and whether an
-            adapter will be needed. Defaults to `True`.
-
-    Returns:
-        A list of up to `n` `(teacher_layer_name, student_layer_name)`
-        tuples, shallow to deep, ready for `teacher_layer_name=` /
-        `student_layer_name=` of a feature term.
-
-    Example:
-
-    ```python
-    pairs = kdkeras.propose_layer_pairs(teacher, student, n=2)
-    terms = [kdkeras.FeatureDistillation(teacher_layer_name=t,
-                                         student_layer_name=s)
-             for t, s in pairs]
-    ```
-    """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"Expected `n` to be an integer >= 1. Received: n={n!r}")
-    t_cands = _candidate_layers(teacher)
-    s_cands = _candidate_layers(student)
-    if not t_cands or not s_cands:
-        if verbose:
-            _print(
-                "No layer with image or vector features found to pair."
-            )
-        return []
-
-    def depth(index, total):
-        # The share of the candidates computed once this layer's output exists.
-        return (index + 1) / total
-
-    t_ends = _stage_ends(t_cands) or list(range(len(t_cands)))
-    s_ends = _stage_ends(s_cands) or list(range(len(s_cands)))
-    if len(s_ends) > n:
-        # Keep the deepest stage ends, spread evenly from the shallowest.
-        step = (len(s_ends) - 1) / max(n - 1, 1)
-        s_ends = sorted({s_ends[round(len(s_ends) - 1 - k * step)] for k in range(n)})
-    pairs, rows, used = [], [], set()
-    for si in s_ends:
-        s_layer, s_shape = s_cands[si]
-        s_depth = depth(si, len(s_cands))
-        scored = []
-        for ti in t_ends:
-            t_layer, t_shape = t_cands[ti]
-            penalty = 0.0 if len(t_shape) == len(s_shape) else 1.0
-            penalty += 0.5 if ti in used else 0.0
-            scored.append((abs(depth(ti, len(t_cands)) - s_depth) + penalty, ti))
-        ti = min(scored)[1]
-        used.add(ti)
-        t_layer, t_shape = t_cands[ti]
-        pairs.append((t_layer.name, s_layer.name))
-        rows.append(
-            (
-                t_layer.name,
-                str(t_shape[1:]),
-                s_layer.name,
-                str(s_shape[1:]),
-                "no" if t_shape == s_shape else "yes",
-            )
-        )
-    if verbose:
-        _print(
-            _table(
-                ("teacher layer", "shape", "student layer", "shape", "adapter"),
-                rows,
-                title="Proposed feature pairs (by relative depth):",
-            )
-        )
-    return pairs
-
-
-def _table(header, rows, title=None):
-    widths = [
-        max(len(str(v)) for v in column) for column in zip(header, *rows)
-    ]
-    line = lambda values: "  ".join(str(v).ljust(w) for v, w in zip(values, widths))
-    out = [title] if title else []
-    out += [line(header), line("-" * w for w in widths)]
-    out += [line(row) for row in rows]
-    return "\n".join(out)
-
-
-def _print(message):
+def print_message(message):
     """Prints like Keras's progress output: to the log when it is off."""
     if keras.config.is_interactive_logging_enabled():
         print(message, flush=True)

@@ -2,6 +2,8 @@
 
 import os
 
+__all__ = ["add_parser", "run"]
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -35,9 +37,11 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from kdkeras import comparison
     from kdkeras import datasets
-    from kdkeras import experiments
-    from kdkeras._io import atomic_path
+    from kdkeras import models
+    from kdkeras.utils import tables
+    from kdkeras.utils.atomic import atomic_path
 
     for name in ("epochs", "teacher_epochs"):
         value = getattr(args, name)
@@ -46,30 +50,29 @@ def run(args):
     data = datasets.load(args.data)
     epochs, teacher_epochs = args.epochs, args.teacher_epochs
     if args.smoke:
-        (x_train, y_train), (x_test, y_test) = data
-        data = (x_train[:256], y_train[:256]), (x_test[:128], y_test[:128])
+        data = datasets.smoke_subset(data)
         epochs, teacher_epochs = 2, 1
     verbose = 0 if args.smoke else 1
     print(
         f"Distilling on {args.data}: teacher {teacher_epochs} epochs, students {epochs} "
         f"epochs each (T={args.temperature}, student_loss_weight={args.student_loss_weight})"
     )
-    result = experiments.compare_output_kd(
+    result = comparison.compare_output_kd(
         data,
         epochs=epochs,
         teacher_epochs=teacher_epochs,
         temperature=args.temperature,
         student_loss_weight=args.student_loss_weight,
         seed=args.seed,
-        make_student=experiments.mlp_student,
+        make_student=models.mlp_student,
         cache_teacher=True,
         backup_dir=args.backup_dir,
         verbose=verbose,
     )
     rows = result["rows"]
     print()
-    print(experiments.format_table(rows))
-    paths = experiments.write_results(rows, args.out, "distillation", f"kdkeras demo on {args.data}")
+    print(tables.format_table(rows))
+    paths = comparison.write_results(rows, args.out, "distillation", f"kdkeras demo on {args.data}")
     print(f"\nWrote {paths[0]} and {paths[1]}")
     student_path = os.path.join(args.out, "student.keras")
     with atomic_path(student_path, suffix=".keras") as tmp:
@@ -78,12 +81,12 @@ def run(args):
     if args.no_deploy:
         return 0
 
-    from kdkeras import bench
+    from kdkeras import deploy
 
     (x_train, _), (x_test, y_test) = data
     deploy_dir = os.path.join(args.out, "deploy")
     print("\nExporting teacher and student to ONNX, quantizing the student, benchmarking...")
-    out = bench.compare(
+    out = deploy.compare(
         result["teacher"],
         result["distilled"],
         x_test,
@@ -96,7 +99,7 @@ def run(args):
         command="kdkeras demo",
     )
     print()
-    print(bench.format_table(out["results"], markdown=True))
+    print(deploy.format_results(out["results"], markdown=True))
     print()
     for name, value in out["ratios"].items():
         print(f"{name}: {value:.3g}")

@@ -7,8 +7,13 @@ Errors print one line (`kdkeras: error: ...`) and exit with status 1;
 import argparse
 import sys
 
+from kdkeras.cli import demo
+from kdkeras.cli import deploy
+
 # TensorFlow's start-up lines are kept off stderr by kdkeras/__init__.py
 # when the process is this command (see kdkeras/_startup.py).
+
+__all__ = ["main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,15 +33,8 @@ def _build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from kdkeras import _cli_demo
-
-    _cli_demo.add_parser(sub)
-    try:
-        from kdkeras import _cli_deploy
-    except ImportError:
-        _cli_deploy = None
-    if _cli_deploy is not None:
-        _cli_deploy.add_parsers(sub)
+    demo.add_parser(sub)
+    deploy.add_parsers(sub)
     return parser
 
 

@@ -1,8 +1,9 @@
-"""Reference models and the teacher / scratch / distilled comparison.
+"""The teacher / scratch / distilled comparison behind the demo and the output recipe.
 
-Used by `kdkeras demo` and `recipes/output_kd.py`: a CNN teacher, a small CNN
-student, and `compare_output_kd`, which trains the teacher, the student from
-scratch and the same student distilled, under the same seeds and epochs.
+`compare_output_kd` trains a teacher, a student from scratch and the same
+student distilled, under the same seeds, initial weights, batches and
+epochs; `mean_std` and `write_results` report them. The models are those of
+`kdkeras.models`.
 """
 
 import os
@@ -11,63 +12,13 @@ import time
 import keras
 import numpy as np
 
-from kdkeras._io import atomic_write_text
-from kdkeras.distiller import Distiller
-from kdkeras.losses.logits import LogitsDistillation
-
-
-def cnn_teacher(input_shape=(28, 28, 1), num_classes=10, name="teacher"):
-    """A 1.2M-parameter CNN (the classic Keras MNIST convnet, wider head).
-
-    Outputs logits. BatchNorm and Dropout included, so that inference mode
-    matters for the teacher.
-    """
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(32, 3, activation="relu", name="conv1"),
-            # momentum 0.9: the few hundred steps of a 4,000-sample run leave
-            # the default 0.99 moving statistics far from the data's, and the
-            # teacher under-confident in inference mode (test CE 1.1 vs 0.1).
-            keras.layers.BatchNormalization(momentum=0.9, name="bn1"),
-            keras.layers.Conv2D(64, 3, activation="relu", name="conv2"),
-            keras.layers.MaxPooling2D(name="pool"),
-            keras.layers.Dropout(0.25),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu", name="fc"),
-            keras.layers.Dropout(0.5),
-            keras.layers.Dense(num_classes, name="logits"),
-        ],
-        name=name,
-    )
-
-
-def mlp_student(input_shape=(28, 28, 1), num_classes=10, name="student"):
-    """A 203k-parameter MLP student (784-256-10 on MNIST). Outputs logits."""
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Flatten(),
-            keras.layers.Dense(256, activation="relu", name="fc"),
-            keras.layers.Dense(num_classes, name="logits"),
-        ],
-        name=name,
-    )
-
-
-def cnn_student(input_shape=(28, 28, 1), num_classes=10, name="student"):
-    """A 20k-parameter CNN student (two narrow strided convolutions). Outputs logits."""
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1"),
-            keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="conv2"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(32, activation="relu", name="fc"),
-            keras.layers.Dense(num_classes, name="logits"),
-        ],
-        name=name,
-    )
+from kdkeras.distill.callbacks import BackupAndRestore
+from kdkeras.distill.distiller import Distiller
+from kdkeras.losses import LogitsDistillation
+from kdkeras.models import cnn_student
+from kdkeras.models import cnn_teacher
+from kdkeras.utils.atomic import atomic_write_text
+from kdkeras.utils.tables import format_table
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -103,8 +54,6 @@ def _fit(model, x, y, epochs, batch_size, verbose, seed, backup_dir=None):
     timer = EpochTimer()
     callbacks = [timer]
     if backup_dir is not None:
-        from kdkeras.callbacks import BackupAndRestore
-
         # Kept after success, so that a rerun restores finished trainings
         # (the teacher) instead of repeating them, and resumes the others.
         callbacks.append(BackupAndRestore(backup_dir, delete_checkpoint=False))
@@ -226,25 +175,6 @@ def mean_std(values):
     values = np.asarray(values, dtype="float64")
     std = values.std(ddof=1) if len(values) > 1 else 0.0
     return f"{values.mean():.4f} ± {std:.4f}"
-
-
-def format_table(rows, columns=None):
-    """A Markdown table of dict rows (floats to 4 significant places)."""
-    columns = columns or list(rows[0])
-
-    def cell(value):
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        if isinstance(value, int):
-            return f"{value:,}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(cell(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
 
 
 def write_results(rows, out_dir, stem, title):

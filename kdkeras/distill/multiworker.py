@@ -19,50 +19,42 @@ of `keras/src/backend/tensorflow/trainer.py` are at fault:
 Both replacements hand every call to the original Keras code unless the
 strategy is a `MultiWorkerMirroredStrategy` running in multi-worker mode, and
 they are installed only for the Keras versions known to be affected
-(`_AFFECTED_KERAS`). `Distiller` installs them when it is built under such a
+(`AFFECTED_KERAS`). `Distiller` installs them when it is built under such a
 strategy; other models (a student trained alone, as a baseline) call
 `kdkeras.enable_multi_worker_fit()`.
 
 Remove this module once the Keras issue is fixed: set the upper bound of
-`_AFFECTED_KERAS` to the first fixed release, and delete it when kdkeras
+`AFFECTED_KERAS` to the first fixed release, and delete it when kdkeras
 requires that release.
 """
 
 import threading
 
+from kdkeras.utils import keras_compat
+
 # Half-open range of affected `keras.version()`s: [first, last_exclusive).
 # Raise the upper bound when a newer Keras is confirmed to still fail
 # (tests/test_multiworker.py shows it); lower it to the release with the fix.
-_AFFECTED_KERAS = ((3, 0), (3, 16))
+AFFECTED_KERAS = ((3, 0), (3, 16))
 
 _lock = threading.Lock()
 _originals = {}
 
 
-def _keras_version():
-    import keras
-
-    parts = []
-    for piece in keras.version().split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
 def is_affected_keras(version=None):
     """Whether `version` (default: the installed Keras) needs the fix."""
-    version = _keras_version() if version is None else tuple(version)[:2]
-    first, last_exclusive = _AFFECTED_KERAS
+    version = keras_compat.keras_version() if version is None else tuple(version)[:2]
+    first, last_exclusive = AFFECTED_KERAS
     return first <= version < last_exclusive
 
 
-def _is_multi_worker(strategy):
+def is_multi_worker(strategy):
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` across several workers."""
     import tensorflow as tf
 
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return False
-    in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
-    return bool(in_multi_worker_mode()) if callable(in_multi_worker_mode) else True
+    return keras_compat.in_multi_worker_mode(strategy)
 
 
 def _local_value(strategy, value):
@@ -74,9 +66,9 @@ def _local_value(strategy, value):
 
 
 def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-    strategy = self._distribute_strategy
-    if strategy is None or iterator is None or not _is_multi_worker(strategy):
-        return _originals["_maybe_symbolic_build"](
+    strategy = self.distribute_strategy
+    if strategy is None or iterator is None or not is_multi_worker(strategy):
+        return _originals["maybe_symbolic_build"](
             self, iterator=iterator, data_batch=data_batch
         )
     import keras
@@ -89,7 +81,7 @@ def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         )
         break
     with strategy.scope():
-        self._symbolic_build(data_batch=data_batch)
+        keras_compat.symbolic_build(self, data_batch)
 
 
 def _is_scalar(strategy, value):
@@ -100,7 +92,7 @@ def _is_scalar(strategy, value):
 
 def _reduce_per_replica(values, strategy, reduction):
     original = _originals["reduce_per_replica"]
-    if reduction not in ("auto", "mean") or not _is_multi_worker(strategy):
+    if reduction not in ("auto", "mean") or not is_multi_worker(strategy):
         return original(values, strategy, reduction)
     import keras
 
@@ -145,14 +137,11 @@ def enable_multi_worker_fit():
     with _lock:
         if _originals:
             return True
-        from keras.src.backend.tensorflow import trainer as tf_trainer
-
-        trainer_cls = tf_trainer.TensorFlowTrainer
-        _originals["_maybe_symbolic_build"] = trainer_cls._maybe_symbolic_build
-        _originals["reduce_per_replica"] = tf_trainer.reduce_per_replica
-        trainer_cls._maybe_symbolic_build = _maybe_symbolic_build
-        # The train/test functions look the name up in the module at call time.
-        tf_trainer.reduce_per_replica = _reduce_per_replica
+        build, reduce = keras_compat.swap_trainer_functions(
+            _maybe_symbolic_build, _reduce_per_replica
+        )
+        _originals["maybe_symbolic_build"] = build
+        _originals["reduce_per_replica"] = reduce
     return True
 
 
@@ -161,18 +150,44 @@ def disable_multi_worker_fit():
     with _lock:
         if not _originals:
             return
-        from keras.src.backend.tensorflow import trainer as tf_trainer
-
-        tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _originals.pop(
-            "_maybe_symbolic_build"
+        keras_compat.swap_trainer_functions(
+            _originals.pop("maybe_symbolic_build"), _originals.pop("reduce_per_replica")
         )
-        tf_trainer.reduce_per_replica = _originals.pop("reduce_per_replica")
+
+
+def is_enabled():
+    """Whether the fix is installed."""
+    return bool(_originals)
 
 
 def enable_for_current_strategy():
     """Installs the fix when the strategy in scope is multi-worker."""
     import tensorflow as tf
 
-    if tf.distribute.has_strategy() and _is_multi_worker(tf.distribute.get_strategy()):
+    if tf.distribute.has_strategy() and is_multi_worker(tf.distribute.get_strategy()):
         return enable_multi_worker_fit()
     return False
+
+
+def local_tf_configs(workers, host="127.0.0.1"):
+    """One `TF_CONFIG` dict per worker of a cluster on this machine, on free ports.
+
+    For trying multi-worker training on one machine (tests, the
+    multi-worker recipe): start one process per dict, each with
+    `TF_CONFIG=json.dumps(config)` in its environment.
+    """
+    import socket
+
+    sockets = []
+    for _ in range(workers):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((host, 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    cluster = {"worker": [f"{host}:{port}" for port in ports]}
+    return [
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        for index in range(workers)
+    ]

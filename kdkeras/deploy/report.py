@@ -10,8 +10,9 @@ import io
 import json
 import os
 
-from kdkeras._io import atomic_write_bytes
-from kdkeras._io import atomic_write_text
+from kdkeras.deploy.bench import format_results
+from kdkeras.utils.atomic import atomic_write_bytes
+from kdkeras.utils.atomic import atomic_write_text
 
 PLOT_EXTRA_HINT = "Install it with `pip install 'kdkeras[plot]'`."
 
@@ -75,8 +76,6 @@ def _settings_lines(results):
 def markdown(results, *, title="Benchmark", command=None, ratios=None,
              manifests=None, plot_name=None):
     """The report as a Markdown string."""
-    from kdkeras.bench import format_table
-
     first = results[0] if results else {}
     parts = [f"# {title}", ""]
     if command:
@@ -87,7 +86,7 @@ def markdown(results, *, title="Benchmark", command=None, ratios=None,
         f"throughput at batch {first.get('batch_size', '?')}; agreement is "
         f"argmax agreement with `{first.get('reference', '?')}`.",
         "",
-        format_table(results, markdown=True),
+        format_results(results, markdown=True),
         "",
     ]
     if plot_name:
@@ -125,7 +124,7 @@ def write_report(results, out_dir, *, title="Benchmark", command=None,
     """Writes `report.md` and `bench.png` into `out_dir`.
 
     Args:
-        results: the list from `kdkeras.bench.benchmark`.
+        results: the list from `kdkeras.deploy.benchmark`.
         out_dir: the folder (created).
         title: the report title. Defaults to `"Benchmark"`.
         command: the exact command that produced the numbers.

@@ -3,15 +3,16 @@
 import keras
 from keras import ops
 
-from kdkeras import _multiworker
-from kdkeras import adapters as adapters_lib
-from kdkeras import cache as cache_lib
-from kdkeras import checks
-from kdkeras import taps
-from kdkeras.losses.base import DistillationLoss
-from kdkeras.losses.base import is_finite_number
-from kdkeras.losses.base import reduce_per_sample
-from kdkeras.losses.logits import ensemble_logits
+from kdkeras.distill import adapters as adapters_lib
+from kdkeras.distill import data_checks
+from kdkeras.distill import multiworker
+from kdkeras.distill import taps
+from kdkeras.distill import teacher_cache as cache_lib
+from kdkeras.losses import DistillationLoss
+from kdkeras.losses import ensemble_logits
+from kdkeras.losses import is_finite_number
+from kdkeras.losses import reduce_per_sample
+from kdkeras.utils import keras_compat
 
 try:  # keras >= 3.12
     from keras.distillation import DistillationLoss as _AnyDistillationLoss
@@ -228,13 +229,19 @@ class Distiller(keras.Model):
         for t in teachers:
             t.trainable = False
         # fit() fails under MultiWorkerMirroredStrategy (keras-team/keras#20585).
-        _multiworker.enable_for_current_strategy()
+        multiworker.enable_for_current_strategy()
 
         self._resolve_taps()
         self._check_output_shapes()
         # One adapter (or None) per term, mapping the student's tapped
         # features to the teacher's shape; trained with the student.
-        self.adapters = adapters_lib.build_adapters(self)
+        self.adapters = adapters_lib.build_adapters(
+            self.distillation_losses,
+            self._teachers[0],
+            self.student,
+            self._teacher_taps,
+            self._student_taps,
+        )
 
         names, seen = [], {}
         for term in losses:
@@ -312,7 +319,7 @@ class Distiller(keras.Model):
         a loss that turns NaN/Inf later stops training with an error naming
         the step (`kdkeras.callbacks.TerminateOnNonFinite`).
         """
-        return checks.fit_with_checks(super().fit, self, *args, **kwargs)
+        return data_checks.fit_with_checks(super().fit, self, *args, **kwargs)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Configures training, with the signature of `keras.Model.compile`.
@@ -419,9 +426,10 @@ class Distiller(keras.Model):
     def _objective(self, x, y, sample_weight, targets, y_pred, s_features):
         """Returns `(total, ground_truth, [term values])`, replica-scaled."""
         ground_truth = None
-        if y is not None and self._compile_loss is not None:
+        compiled_loss = keras_compat.compiled_loss(self)
+        if y is not None and compiled_loss is not None:
             ground_truth = ops.cast(
-                self._compile_loss(y, y_pred, sample_weight), "float32"
+                compiled_loss(y, y_pred, sample_weight), "float32"
             )
         elif y is None and self.student_loss_weight >= 1.0:
             raise ValueError(
@@ -469,7 +477,7 @@ class Distiller(keras.Model):
         import tensorflow as tf
 
         batch = tf.shape(keras.tree.flatten(x)[0])[0]
-        self._loss_tracker.update_state(_unscale_for_replicas(total), sample_weight=batch)
+        keras_compat.loss_tracker(self).update_state(_unscale_for_replicas(total), sample_weight=batch)
         if ground_truth is not None:
             self._student_loss_tracker.update_state(
                 _unscale_for_replicas(ground_truth), sample_weight=batch
@@ -505,7 +513,7 @@ class Distiller(keras.Model):
         if y is not None:
             return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         # Unlabeled batches: leave out the metrics that need labels.
-        trackers = [self._loss_tracker, self._agreement_tracker, *self._term_trackers]
+        trackers = [keras_compat.loss_tracker(self), self._agreement_tracker, *self._term_trackers]
         return {tracker.name: tracker.result() for tracker in trackers}
 
     def train_step(self, data):
@@ -520,9 +528,10 @@ class Distiller(keras.Model):
         The full distillation loss needs the teacher's targets and is formed
         in `train_step` / `test_step`.
         """
-        if y is None or self._compile_loss is None:
+        compiled_loss = keras_compat.compiled_loss(self)
+        if y is None or compiled_loss is None:
             return ops.zeros(())
-        return self._compile_loss(y, y_pred, sample_weight)
+        return compiled_loss(y, y_pred, sample_weight)
 
     # ------------------------------------------------------------- caching
 

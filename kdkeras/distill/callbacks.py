@@ -13,8 +13,10 @@ import os
 
 import keras
 
-from kdkeras._io import atomic_path
-from kdkeras._io import atomic_write_text
+from kdkeras.distill import multiworker
+from kdkeras.utils import keras_compat
+from kdkeras.utils.atomic import atomic_path
+from kdkeras.utils.atomic import atomic_write_text
 
 
 def _as_float(value):
@@ -95,17 +97,15 @@ def _hint(values, bad):
             "Inf for this batch, or a term overflowed (try a lower temperature)."
         )
     return (
-        "Check this batch's inputs for NaN or Inf (kdkeras.checks.check_finite), "
+        "Check this batch's inputs for NaN or Inf (kdkeras.distill.check_finite), "
         "and lower the learning rate if the loss diverged."
     )
 
 
 def _worker_suffix(model):
     """A folder per worker under a multi-worker strategy, None otherwise."""
-    from kdkeras import _multiworker
-
     strategy = getattr(model, "distribute_strategy", None)
-    if strategy is None or not _multiworker._is_multi_worker(strategy):
+    if strategy is None or not multiworker.is_multi_worker(strategy):
         return None
     return f"worker-{strategy.cluster_resolver.task_id}"
 
@@ -191,7 +191,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             # The optimizer's variables must exist to receive their values.
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(weights)
-        self.model._initial_epoch = int(state["epoch"])
+        keras_compat.set_initial_epoch(self.model, state["epoch"])
 
     def _save_model(self):
         folder = self._folder()

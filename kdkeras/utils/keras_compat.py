@@ -1,0 +1,117 @@
+"""Every use of a Keras (or TensorFlow) private name in kdkeras, in one place.
+
+Checked against Keras 3.12 to 3.15.1 and TensorFlow 2.16 to 2.21 (the range
+in `pyproject.toml`; `tests/test_architecture.py` scans the rest of the
+package for private names). When a Keras release renames one of these, this
+module is the only one to change. Each function says what it reads and why
+no public API serves.
+"""
+
+KERAS_RANGE = ((3, 12), (3, 16))  # [first, last_exclusive), as in pyproject.toml
+
+
+def keras_version():
+    """The installed Keras as a `(major, minor)` tuple."""
+    import keras
+
+    parts = []
+    for piece in keras.version().split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def flatten_layers(model, include_self=False, recursive=True):
+    """Every layer inside `model`, nested models and subclassed attributes included.
+
+    `Model.layers` lists only the top level and misses layers held as
+    attributes of subclassed models; `_flatten_layers` is what Keras itself
+    uses to walk them.
+    """
+    walk = getattr(model, "_flatten_layers", None)
+    if walk is None:
+        return []
+    return list(walk(include_self=include_self, recursive=recursive))
+
+
+def inputs_struct(model):
+    """The nested structure of a Functional model's inputs (dict, list or tensor), or None."""
+    return getattr(model, "_inputs_struct", None)
+
+
+def build_shapes(model):
+    """The input shapes a subclassed model was built with (`{arg: shape}`), or None."""
+    return getattr(model, "_build_shapes_dict", None)
+
+
+def inbound_node_count(layer):
+    """How many times a layer was called symbolically (1 for an unshared Functional layer)."""
+    return len(getattr(layer, "_inbound_nodes", []))
+
+
+def compiled_loss(model):
+    """The loss given to `model.compile` as one callable `(y, y_pred, sample_weight)`, or None.
+
+    A custom `train_step` needs it to add the ground-truth term; Keras keeps
+    it on the trainer as `_compile_loss`.
+    """
+    return getattr(model, "_compile_loss", None)
+
+
+def loss_tracker(model):
+    """The `Mean` metric behind the `loss` log of `fit`/`evaluate`."""
+    return model._loss_tracker
+
+
+def set_initial_epoch(model, epoch):
+    """Makes the next `fit` start at `epoch` (what Keras's BackupAndRestore does)."""
+    model._initial_epoch = int(epoch)
+
+
+def dataset_graph_def(dataset):
+    """The serialized graph of a `tf.data.Dataset` as a `GraphDef`.
+
+    The only way to see which ops (shuffle, random maps) a pipeline holds.
+    """
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(dataset._as_serialized_graph().numpy())
+    return graph_def
+
+
+def patch_tf2onnx_for_numpy2():
+    """Keras's own patch of tf2onnx 1.17's removed NumPy aliases (`np.object`)."""
+    try:
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    except ImportError:
+        return
+    patch_tf2onnx()
+
+
+def swap_trainer_functions(maybe_symbolic_build, reduce_per_replica):
+    """Replaces two functions of `keras/src/backend/tensorflow/trainer.py`.
+
+    `TensorFlowTrainer._maybe_symbolic_build` and the module's
+    `reduce_per_replica` (the multi-worker fix of
+    `kdkeras.distill.multiworker`). Returns the previous pair, which a
+    second call puts back.
+    """
+    from keras.src.backend.tensorflow import trainer
+
+    previous = (trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica)
+    trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    # The train/test functions look the name up in the module at call time.
+    trainer.reduce_per_replica = reduce_per_replica
+    return previous
+
+
+def symbolic_build(model, data_batch):
+    """Builds a model's metrics and optimizer variables from one batch, as `fit` does."""
+    model._symbolic_build(data_batch=data_batch)
+
+
+def in_multi_worker_mode(strategy):
+    """Whether a `MultiWorkerMirroredStrategy` really spans several workers."""
+    check = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(check()) if callable(check) else True
