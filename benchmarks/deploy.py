@@ -102,9 +102,7 @@ def main(argv=None):
     parser.add_argument(
         "--pair", choices=("demo", "cnn"), default="demo", help="which teacher/student pair"
     )
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny and fast; targets not checked"
-    )
+    parser.add_argument("--smoke", action="store_true", help="tiny and fast; targets not checked")
     args = parser.parse_args(argv)
 
     import keras
@@ -130,9 +128,7 @@ def main(argv=None):
     _train(keras, teacher, x_train, y_train, epochs)
     _train(keras, student, x_train, y_train, epochs)
 
-    command = "python benchmarks/deploy.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = "python benchmarks/deploy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = bench.compare(
         teacher,
         student,
@@ -150,15 +146,13 @@ def main(argv=None):
     )
     print(bench.format_results(out["results"]))
     print()
-    print(f"teacher params {teacher.count_params():,}, "
-          f"student params {student.count_params():,}")
+    print(f"teacher params {teacher.count_params():,}, student params {student.count_params():,}")
     missed = []
     for key, (op, target) in TARGETS.items():
         value = out["ratios"][key]
         ok = {">=": value >= target, "<=": value <= target, ">": value > target}[op]
         missed += [] if ok else [key]
-        print(f"{key:32s} {value:8.3f}  target {op} {target:<5}  "
-              f"{'ok' if ok else 'MISSED'}")
+        print(f"{key:32s} {value:8.3f}  target {op} {target:<5}  {'ok' if ok else 'MISSED'}")
     print(json.dumps({"ratios": out["ratios"], "report": out["report"]}))
     if args.smoke:
         return 0

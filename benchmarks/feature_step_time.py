@@ -50,7 +50,11 @@ L = keras.layers
 
 
 def make_model(width, name):
-    conv = lambda c: [L.Conv2D(c, 3, padding="same", use_bias=False), L.BatchNormalization(), L.ReLU()]
+    conv = lambda c: [
+        L.Conv2D(c, 3, padding="same", use_bias=False),
+        L.BatchNormalization(),
+        L.ReLU(),
+    ]
     return keras.Sequential(
         [keras.Input((28, 28, 1))]
         + conv(width)
@@ -72,9 +76,13 @@ def timed_fit(model, x, y, batch_size):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default: 5)")
-    parser.add_argument("--samples", type=int, default=2048, help="samples per epoch (default: 2048)")
+    parser.add_argument(
+        "--samples", type=int, default=2048, help="samples per epoch (default: 2048)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--width", type=int, default=32, help="channels of the first block (default: 32)")
+    parser.add_argument(
+        "--width", type=int, default=32, help="channels of the first block (default: 32)"
+    )
     parser.add_argument("--smoke", action="store_true", help="one short round")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -100,7 +108,9 @@ def main(argv=None):
     peer = keras.distillation.Distiller(
         teacher,
         make_model(args.width, "student"),
-        keras.distillation.FeatureDistillation(teacher_layer_name="features", student_layer_name="features"),
+        keras.distillation.FeatureDistillation(
+            teacher_layer_name="features", student_layer_name="features"
+        ),
     )
     peer.compile("adam", sce)
 
@@ -125,7 +135,7 @@ def main(argv=None):
         configs[name]()
     times = {name: [] for name in names}
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             times[name].append(configs[name]())
         print(f"round {r}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names), flush=True)
@@ -141,7 +151,9 @@ def main(argv=None):
     for name in names:
         print(f"| {name} | {best[name]:.3f} |")
     print(f"\nkdkeras / keras.distillation: {best['kdkeras'] / best['keras']:.2f} (target <= 0.80)")
-    print(f"kdkeras / (student + teacher inference): {best['kdkeras'] / reference:.2f} (target <= 1.15)")
+    print(
+        f"kdkeras / (student + teacher inference): {best['kdkeras'] / reference:.2f} (target <= 1.15)"
+    )
     print(f"keras.distillation / (student + teacher inference): {best['keras'] / reference:.2f}")
     return 0
 

@@ -46,7 +46,9 @@ def _ce():
 
 
 def _accuracy(model, x, y):
-    logits = np.concatenate([np.asarray(model(x[i : i + 500], training=False)) for i in range(0, len(x), 500)])
+    logits = np.concatenate(
+        [np.asarray(model(x[i : i + 500], training=False)) for i in range(0, len(x), 500)]
+    )
     return float((logits.argmax(-1) == y).mean())
 
 
@@ -99,8 +101,13 @@ def main(argv=None):
         epochs, teacher_epochs, seeds = 1, 1, 1
     per_seed = []
     for seed in range(seeds):
-        per_seed.append(run_seed(data, seed, epochs, teacher_epochs, args.temperature, args.student_loss_weight))
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in per_seed[-1].items()), flush=True)
+        per_seed.append(
+            run_seed(data, seed, epochs, teacher_epochs, args.temperature, args.student_loss_weight)
+        )
+        print(
+            f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in per_seed[-1].items()),
+            flush=True,
+        )
 
     rows = []
     for name in per_seed[0]:

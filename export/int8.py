@@ -28,8 +28,12 @@ def main(argv=None):
     parser.add_argument("model", nargs="?", help="the .keras file")
     parser.add_argument("--data", default="mnist-5k")
     parser.add_argument("--out", default="export_output")
-    parser.add_argument("--mode", choices=["static", "dynamic"], default=None,
-                        help="default: static for CNNs, dynamic otherwise")
+    parser.add_argument(
+        "--mode",
+        choices=["static", "dynamic"],
+        default=None,
+        help="default: static for CNNs, dynamic otherwise",
+    )
     parser.add_argument("--min-agreement", type=float, default=0.99)
     parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
     args = parser.parse_args(argv)
@@ -43,7 +47,9 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     if args.smoke:
         args.model, args.data, args.min_agreement = (
-            models.smoke_model(os.path.join(args.out, "smoke.keras")), "digits", 0.9
+            models.smoke_model(os.path.join(args.out, "smoke.keras")),
+            "digits",
+            0.9,
         )
     if not args.model:
         parser.error("a .keras model is required (or --smoke)")
@@ -53,8 +59,12 @@ def main(argv=None):
     try:
         deploy.export(model, stem + ".onnx", sample_inputs=x_test)
         manifest = deploy.quantize(
-            model, stem + ".onnx", stem + ".int8.onnx", mode=args.mode,
-            calibration_data=x_train, eval_data=(x_test, y_test),
+            model,
+            stem + ".onnx",
+            stem + ".int8.onnx",
+            mode=args.mode,
+            calibration_data=x_train,
+            eval_data=(x_test, y_test),
             min_agreement=args.min_agreement,
         )
     except deploy.ParityError as e:
@@ -62,14 +72,24 @@ def main(argv=None):
         print(json.dumps({"passed": False, **e.report}))
         return 1
     results = deploy.benchmark(
-        [stem + ".onnx", stem + ".int8.onnx"], x_test, y_test,
-        calls=5 if args.smoke else 20, repeats=2 if args.smoke else 5,
+        [stem + ".onnx", stem + ".int8.onnx"],
+        x_test,
+        y_test,
+        calls=5 if args.smoke else 20,
+        repeats=2 if args.smoke else 5,
     )
     print(deploy.format_results(results))
     q = manifest["quantization"]
-    print(json.dumps({"passed": True, "agreement": manifest["parity"]["agreement"],
-                      "size_ratio": q["size_ratio"],
-                      "accuracy_change": q.get("accuracy_change")}))
+    print(
+        json.dumps(
+            {
+                "passed": True,
+                "agreement": manifest["parity"]["agreement"],
+                "size_ratio": q["size_ratio"],
+                "accuracy_change": q.get("accuracy_change"),
+            }
+        )
+    )
     return 0
 
 

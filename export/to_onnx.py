@@ -47,7 +47,9 @@ def main(argv=None):
     name = os.path.splitext(os.path.basename(args.model))[0] + ".onnx"
     try:
         manifest = deploy.export(
-            model, os.path.join(args.out, name), sample_inputs=x_test,
+            model,
+            os.path.join(args.out, name),
+            sample_inputs=x_test,
             opset=args.opset,
         )
         parity = manifest["parity"]
@@ -55,8 +57,15 @@ def main(argv=None):
         parity = e.report
         print(f"error: {e}", file=sys.stderr)
     passed = bool(parity.get("passed", False))
-    print(json.dumps({"passed": passed, "max_abs_diff": parity.get("max_abs_diff"),
-                      "agreement": parity.get("agreement")}))
+    print(
+        json.dumps(
+            {
+                "passed": passed,
+                "max_abs_diff": parity.get("max_abs_diff"),
+                "agreement": parity.get("agreement"),
+            }
+        )
+    )
     return 0 if passed else 1
 
 

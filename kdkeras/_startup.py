@@ -17,8 +17,10 @@ def is_command():
     """Whether this process was started as `kdkeras ...` or `python -m kdkeras.cli`."""
     argv0 = sys.argv[0] if sys.argv else ""
     # While `python -m` imports the module's package, argv[0] is "-m".
-    return os.path.basename(argv0) == "kdkeras" or argv0 == "-m" or argv0.endswith(
-        os.path.join("kdkeras", "cli.py")
+    return (
+        os.path.basename(argv0) == "kdkeras"
+        or argv0 == "-m"
+        or argv0.endswith(os.path.join("kdkeras", "cli.py"))
     )
 
 

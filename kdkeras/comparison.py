@@ -45,7 +45,10 @@ def _ce():
 
 def _predict_logits(model, x, batch_size=256):
     return np.concatenate(
-        [np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+        [
+            np.asarray(model(x[i : i + batch_size], training=False))
+            for i in range(0, len(x), batch_size)
+        ]
     )
 
 
@@ -121,7 +124,13 @@ def compare_output_kd(
         teacher = cnn_teacher(input_shape, num_classes)
         teacher.compile(optimizer="adam", loss=_ce(), metrics=["accuracy"])
         teacher_times = _fit(
-            teacher, x_train, y_train, teacher_epochs or epochs, batch_size, verbose, seed,
+            teacher,
+            x_train,
+            y_train,
+            teacher_epochs or epochs,
+            batch_size,
+            verbose,
+            seed,
             backup("teacher"),
         )
 

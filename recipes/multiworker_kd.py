@@ -42,7 +42,9 @@ def launch(argv, workers, timeout):
         env["TF_CONFIG"] = json.dumps(config)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         procs.append(
-            subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", *argv], env=env)
+            subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--worker", *argv], env=env
+            )
         )
     deadline = time.monotonic() + timeout
     codes = []
@@ -123,7 +125,9 @@ def run_worker(args):
     )
     # evaluate() runs collectives: every worker takes part.
     teacher_acc = teacher.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)[1]
-    results = distiller.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True)
+    results = distiller.evaluate(
+        x_test, y_test, batch_size=args.batch_size, verbose=0, return_dict=True
+    )
     checksum = float(sum(np.abs(w).sum() for w in student.get_weights()))
     print(
         f"worker {task}: teacher accuracy {teacher_acc:.4f}, student accuracy "

@@ -48,7 +48,9 @@ def main(argv=None):
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--student-loss-weight", type=float, default=0.5)
     parser.add_argument(
-        "--student", choices=("mlp", "cnn"), default="mlp",
+        "--student",
+        choices=("mlp", "cnn"),
+        default="mlp",
         help="mlp: 784-256-10 (203k parameters); cnn: 20k-parameter CNN",
     )
     parser.add_argument("--data", default="mnist-5k")
@@ -91,15 +93,23 @@ def main(argv=None):
             {
                 "model": name,
                 "params": per_seed[0][i]["params"],
-                "test accuracy": comparison.mean_std([rows[i]["test_accuracy"] for rows in per_seed]),
-                "teacher agreement": comparison.mean_std([rows[i]["teacher_agreement"] for rows in per_seed]),
-                "epoch time (s)": comparison.mean_std([rows[i]["epoch_time_s"] for rows in per_seed]),
+                "test accuracy": comparison.mean_std(
+                    [rows[i]["test_accuracy"] for rows in per_seed]
+                ),
+                "teacher agreement": comparison.mean_std(
+                    [rows[i]["teacher_agreement"] for rows in per_seed]
+                ),
+                "epoch time (s)": comparison.mean_std(
+                    [rows[i]["epoch_time_s"] for rows in per_seed]
+                ),
             }
         )
     gaps = []
     for teacher, scratch, distilled in per_seed:
         span = teacher["test_accuracy"] - scratch["test_accuracy"]
-        gaps.append((distilled["test_accuracy"] - scratch["test_accuracy"]) / span if span else float("nan"))
+        gaps.append(
+            (distilled["test_accuracy"] - scratch["test_accuracy"]) / span if span else float("nan")
+        )
     print()
     print(
         f"{args.data}, {args.seeds} seed(s), teacher {teacher_epochs} epochs, students "

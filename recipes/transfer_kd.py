@@ -153,9 +153,7 @@ def main(argv=None):
     untrained = {
         "nothing removed": transfer.shrink(teacher, verbose=False),
         f"every {args.depth}. block": transfer.shrink(teacher, depth=args.depth, verbose=False),
-        f"{args.width:.0%} of channels": transfer.shrink(
-            teacher, width=args.width, verbose=False
-        ),
+        f"{args.width:.0%} of channels": transfer.shrink(teacher, width=args.width, verbose=False),
         "both": derived,
     }
     untrained = {k: accuracy(m, x_test, y_test) for k, m in untrained.items()}
@@ -180,8 +178,7 @@ def main(argv=None):
             results[name][0].append(first)
             results[name][1].append(last)
         print(
-            f"seed {seed}: "
-            + ", ".join(f"{n} {results[n][1][-1]:.4f}" for n, _, _ in variants),
+            f"seed {seed}: " + ", ".join(f"{n} {results[n][1][-1]:.4f}" for n, _, _ in variants),
             flush=True,
         )
 
@@ -198,7 +195,9 @@ def main(argv=None):
     print("|---|---|---|")
     for name, _, distil in variants:
         first, last = results[name]
-        print(f"| {name} | {'-' if distil is None else comparison.mean_std(first)} | {comparison.mean_std(last)} |")
+        print(
+            f"| {name} | {'-' if distil is None else comparison.mean_std(first)} | {comparison.mean_std(last)} |"
+        )
     print()
     print("| teacher-derived, untrained: removed | test accuracy |")
     print("|---|---|")

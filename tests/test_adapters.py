@@ -146,7 +146,9 @@ def test_saved_student_contains_no_adapter(tmp_path):
     adapter_shapes = {tuple(w.shape) for a in distiller.adapters for w in a.weights}
     assert (1, 1, 2, 6) in adapter_shapes
     assert (1, 1, 2, 6) not in {tuple(w.shape) for w in loaded.weights}
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), student.predict(x, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), student.predict(x, verbose=0), rtol=1e-6
+    )
 
 
 def test_mixed_precision_features_train():

@@ -176,7 +176,11 @@ def test_crash_while_writing_a_backup_keeps_the_previous_backup(tmp_path, monkey
     monkeypatch.setattr(keras.Model, "save_weights", save_weights)
     with pytest.raises(OSError, match="killed mid-save"):
         distiller.fit(
-            x, y, epochs=3, batch_size=4, verbose=0,
+            x,
+            y,
+            epochs=3,
+            batch_size=4,
+            verbose=0,
             callbacks=[kdkeras.callbacks.BackupAndRestore(str(backup_dir))],
         )
     monkeypatch.undo()

@@ -61,15 +61,23 @@ def _untouched(distiller, before):
 
 
 def test_output_shapes_differ():
-    with pytest.raises(ValueError, match=r"same shape.*Received: teacher .*\(None, 4\).*\(None, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"same shape.*Received: teacher .*\(None, 4\).*\(None, 3\)"
+    ):
         kdkeras.Distiller(_teacher(4), _student(3), kdkeras.LogitsDistillation())
 
 
 @pytest.mark.parametrize(
     "kwargs, received",
     [
-        ({"teacher_layer_name": "nope", "student_layer_name": "s_hidden"}, "teacher_layer_name='nope'"),
-        ({"teacher_layer_name": "t_hidden", "student_layer_name": "nah"}, "student_layer_name='nah'"),
+        (
+            {"teacher_layer_name": "nope", "student_layer_name": "s_hidden"},
+            "teacher_layer_name='nope'",
+        ),
+        (
+            {"teacher_layer_name": "t_hidden", "student_layer_name": "nah"},
+            "student_layer_name='nah'",
+        ),
     ],
 )
 def test_unknown_layer_names(kwargs, received):
@@ -80,13 +88,17 @@ def test_unknown_layer_names(kwargs, received):
 @pytest.mark.parametrize("cls", [kdkeras.LogitsDistillation, kdkeras.DKD, kdkeras.DIST])
 @pytest.mark.parametrize("value", [0.0, -1.0, NAN, INF])
 def test_temperature_must_be_positive_and_finite(cls, value):
-    with pytest.raises(ValueError, match=r"`temperature` to be a finite number > 0\. Received: temperature="):
+    with pytest.raises(
+        ValueError, match=r"`temperature` to be a finite number > 0\. Received: temperature="
+    ):
         cls(temperature=value)
 
 
 @pytest.mark.parametrize("weight", [-1.0, NAN, INF])
 def test_distillation_loss_weights_negative_or_non_finite(weight):
-    with pytest.raises(ValueError, match=r"finite number >= 0\. Received: distillation_loss_weights="):
+    with pytest.raises(
+        ValueError, match=r"finite number >= 0\. Received: distillation_loss_weights="
+    ):
         kdkeras.Distiller(
             _teacher(), _student(), kdkeras.LogitsDistillation(), distillation_loss_weights=[weight]
         )
@@ -101,7 +113,9 @@ def test_student_loss_weight_out_of_range(weight):
 
 
 def test_wrong_types():
-    with pytest.raises(TypeError, match="Expected `student` to be a keras.Model. Received: student="):
+    with pytest.raises(
+        TypeError, match="Expected `student` to be a keras.Model. Received: student="
+    ):
         kdkeras.Distiller(_teacher(), "student.keras", kdkeras.LogitsDistillation())
     with pytest.raises(TypeError, match=r"Received: distillation_losses\[0\]="):
         kdkeras.Distiller(_teacher(), _student(), ["kd"])
@@ -158,7 +172,8 @@ def test_non_finite_inputs(value, kind):
     x[6, 2] = value
     x[9, 0] = value
     with pytest.raises(
-        ValueError, match=rf"finite values in x\. Received: x with 2 sample\(s\) holding {kind}, the first at index 6"
+        ValueError,
+        match=rf"finite values in x\. Received: x with 2 sample\(s\) holding {kind}, the first at index 6",
     ):
         distiller.fit(x, y, verbose=0)
     _untouched(distiller, before)
@@ -298,7 +313,9 @@ def test_bad_keras_file(kind, keras_file, tmp_path):
 def test_bad_onnx_file(content, tmp_path):
     pytest.importorskip("onnxruntime")
     path = _foreign(tmp_path, "model.onnx", content)
-    with pytest.raises(ValueError, match=rf"Expected a loadable onnx model.*Received: path='{path}'"):
+    with pytest.raises(
+        ValueError, match=rf"Expected a loadable onnx model.*Received: path='{path}'"
+    ):
         _load_runner()(str(path))
 
 
@@ -343,7 +360,9 @@ def test_cli_bad_model_file_one_line(kind, keras_file, tmp_path, capsys):
         "lambda": lambda: _lambda_file(tmp_path),
         "missing": lambda: tmp_path / "missing.keras",
     }[kind]()
-    code, err = _cli(["export", str(path), "--format", "keras", "--out", str(tmp_path / "out")], capsys)
+    code, err = _cli(
+        ["export", str(path), "--format", "keras", "--out", str(tmp_path / "out")], capsys
+    )
     assert code != 0
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
@@ -364,4 +383,6 @@ def test_cli_bad_onnx_file_one_line(tmp_path, capsys):
 def test_cli_debug_shows_the_exception(keras_file, tmp_path):
     path = _truncated(keras_file, tmp_path)
     with pytest.raises(ValueError, match="Expected a Keras model file"):
-        cli.main(["--debug", "export", str(path), "--format", "keras", "--out", str(tmp_path / "o")])
+        cli.main(
+            ["--debug", "export", str(path), "--format", "keras", "--out", str(tmp_path / "o")]
+        )

@@ -62,7 +62,13 @@ def results(pair, digits):
     (_, _), (x_test, y_test) = digits
     models = {"big": paths["big"], "small": paths["small"], "small-keras": small}
     return deploy.benchmark(
-        models, x_test, y_test, batch_size=16, calls=5, repeats=2, warmup=1,
+        models,
+        x_test,
+        y_test,
+        batch_size=16,
+        calls=5,
+        repeats=2,
+        warmup=1,
         threads=1,
     )
 
@@ -82,9 +88,7 @@ def test_results_hold_every_figure(results, pair, digits):
     # A Dense-only model keeps every parameter as one initializer each.
     assert by["big"]["params"] == big.count_params()
     assert by["small"]["params"] == small.count_params()
-    expected = np.mean(
-        keras.ops.convert_to_numpy(small(x_test)).argmax(-1) == y_test
-    )
+    expected = np.mean(keras.ops.convert_to_numpy(small(x_test)).argmax(-1) == y_test)
     assert by["small"]["accuracy"] == pytest.approx(expected)
     assert by["small-keras"]["accuracy"] == pytest.approx(expected)
     # Reference is the first model; the Keras and ONNX student agree fully.
@@ -113,15 +117,16 @@ def test_keras_is_timed_without_predict(pair, digits):
     model = keras.models.clone_model(small)
     model.set_weights(small.get_weights())
     model.predict = forbidden
-    out = deploy.benchmark([model], x_test[:32], y_test[:32], calls=2, repeats=1,
-                          warmup=1)
+    out = deploy.benchmark([model], x_test[:32], y_test[:32], calls=2, repeats=1, warmup=1)
     assert out[0]["kind"] == "keras"
 
 
 def test_data_that_does_not_fit(pair):
     _, _, paths, _ = pair
     bad = np.zeros((4, 28, 28, 1), "float32")
-    with pytest.raises(ValueError, match=r"\(batch, 8, 8, 1\).*Received: data shape=\(4, 28, 28, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"\(batch, 8, 8, 1\).*Received: data shape=\(4, 28, 28, 1\)"
+    ):
         deploy.benchmark([paths["big"]], bad)
 
 
@@ -164,15 +169,30 @@ def test_compare_pipeline(digits, tmp_path):
     )
     _fit(student, x_train, y_train, epochs=8)
     out = deploy.compare(
-        teacher, student, x_test, y_test, tmp_path, calibration_data=x_train,
-        calls=3, repeats=2, batch_size=16, threads=1, min_agreement=0.97,
+        teacher,
+        student,
+        x_test,
+        y_test,
+        tmp_path,
+        calibration_data=x_train,
+        calls=3,
+        repeats=2,
+        batch_size=16,
+        threads=1,
+        min_agreement=0.97,
         command="pytest",
     )
     names = [r["name"] for r in out["results"]]
-    assert names == ["teacher.onnx", "student.onnx", "student.int8.onnx",
-                     "student (keras)"]
-    for f in ("teacher.onnx", "student.onnx", "student.int8.onnx", "deploy.json",
-              "deploy.md", "deploy.png", "student.onnx.manifest.json"):
+    assert names == ["teacher.onnx", "student.onnx", "student.int8.onnx", "student (keras)"]
+    for f in (
+        "teacher.onnx",
+        "student.onnx",
+        "student.int8.onnx",
+        "deploy.json",
+        "deploy.md",
+        "deploy.png",
+        "student.onnx.manifest.json",
+    ):
         assert os.path.exists(tmp_path / f), f
     # The exported student holds the student's weights only, no teacher.
     student_params = sum(
@@ -186,8 +206,7 @@ def test_compare_pipeline(digits, tmp_path):
         by["student (keras)"]["latency_ms"]["p50"] / by["student.onnx"]["latency_ms"]["p50"]
     )
     assert ratios["int8_size_ratio"] == pytest.approx(
-        os.path.getsize(tmp_path / "student.int8.onnx")
-        / os.path.getsize(tmp_path / "student.onnx")
+        os.path.getsize(tmp_path / "student.int8.onnx") / os.path.getsize(tmp_path / "student.onnx")
     )
     assert ratios["int8_agreement"] >= 0.97
     saved = json.load(open(tmp_path / "deploy.json"))

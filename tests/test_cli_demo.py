@@ -44,7 +44,9 @@ def test_demo_smoke_writes_table_and_a_plain_keras_student(tmp_path):
 def test_demo_bad_argument_is_one_line_and_nonzero(tmp_path):
     result = _run(["-m", "kdkeras.cli", "demo", "--epochs", "0", "--out", str(tmp_path)])
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["kdkeras: error: Expected --epochs >= 1. Received: 0"]
+    assert result.stderr.strip().splitlines() == [
+        "kdkeras: error: Expected --epochs >= 1. Received: 0"
+    ]
     result = _run(["-m", "kdkeras.cli", "demo", "--data", "cifar", "--out", str(tmp_path)])
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -83,7 +85,11 @@ def test_errors_are_one_line_in_a_bare_environment(tmp_path):
     ):
         result = subprocess.run(
             [sys.executable, "-m", "kdkeras.cli", *args],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert result.returncode == 1, (args, result.stderr)
         lines = result.stderr.strip().splitlines()

@@ -59,8 +59,7 @@ def _one_error_line(err):
 
 def test_export_prints_parity_json(model_file, tmp_path, capsys):
     status = cli.main(
-        ["export", model_file, "--format", "onnx", "--out", str(tmp_path),
-         "--data", "digits"]
+        ["export", model_file, "--format", "onnx", "--out", str(tmp_path), "--data", "digits"]
     )
     out = capsys.readouterr().out
     assert status == 0
@@ -76,8 +75,18 @@ def test_export_prints_parity_json(model_file, tmp_path, capsys):
 
 def test_export_with_static_int8(model_file, tmp_path, capsys):
     status = cli.main(
-        ["export", model_file, "--out", str(tmp_path), "--data", "digits",
-         "--quantize", "static", "--min-agreement", "0.97"]
+        [
+            "export",
+            model_file,
+            "--out",
+            str(tmp_path),
+            "--data",
+            "digits",
+            "--quantize",
+            "static",
+            "--min-agreement",
+            "0.97",
+        ]
     )
     summary = _json_line(capsys.readouterr().out)
     assert status == 0 and summary["passed"] is True
@@ -110,22 +119,23 @@ def test_failed_parity_exits_nonzero(model_file, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["export", "{missing}", "--out", "{out}"],
-         "Expected an existing model file. Received: model="),
-        (["export", "{not_model}", "--out", "{out}"],
-         "Expected a Keras model file (.keras)"),
-        (["export", "{model}", "--out", "{out}", "--data", "mnist-5k"],
-         "Expected inputs shaped (batch, 8, 8, 1)"),
-        (["export", "{model}", "--out", "{out}", "--opset", "19"],
-         "opset=19"),
-        (["export", "{model}", "--out", "{out}", "--quantize", "static"],
-         "Expected --data NAME with --quantize"),
-        (["bench", "{missing}", "--data", "digits"],
-         "Expected an existing model file"),
-        (["bench", "{not_model_onnx}", "--data", "digits"],
-         "Expected a loadable onnx model"),
-        (["bench", "{model}", "--data", "mnist-5k"],
-         "Expected inputs shaped (batch, 8, 8, 1)"),
+        (
+            ["export", "{missing}", "--out", "{out}"],
+            "Expected an existing model file. Received: model=",
+        ),
+        (["export", "{not_model}", "--out", "{out}"], "Expected a Keras model file (.keras)"),
+        (
+            ["export", "{model}", "--out", "{out}", "--data", "mnist-5k"],
+            "Expected inputs shaped (batch, 8, 8, 1)",
+        ),
+        (["export", "{model}", "--out", "{out}", "--opset", "19"], "opset=19"),
+        (
+            ["export", "{model}", "--out", "{out}", "--quantize", "static"],
+            "Expected --data NAME with --quantize",
+        ),
+        (["bench", "{missing}", "--data", "digits"], "Expected an existing model file"),
+        (["bench", "{not_model_onnx}", "--data", "digits"], "Expected a loadable onnx model"),
+        (["bench", "{model}", "--data", "mnist-5k"], "Expected inputs shaped (batch, 8, 8, 1)"),
     ],
 )
 def test_bad_input_is_one_line(model_file, tmp_path, capsys, argv, message):
@@ -149,9 +159,23 @@ def test_bench_writes_json_and_report(model_file, tmp_path, capsys):
     assert cli.main(["export", model_file, "--out", str(tmp_path)]) == 0
     onnx_path = str(tmp_path / "student.onnx")
     status = cli.main(
-        ["bench", onnx_path, model_file, "--data", "digits", "--calls", "3",
-         "--repeats", "2", "--json", str(tmp_path / "b.json"),
-         "--report", str(tmp_path / "report"), "--threads", "1"]
+        [
+            "bench",
+            onnx_path,
+            model_file,
+            "--data",
+            "digits",
+            "--calls",
+            "3",
+            "--repeats",
+            "2",
+            "--json",
+            str(tmp_path / "b.json"),
+            "--report",
+            str(tmp_path / "report"),
+            "--threads",
+            "1",
+        ]
     )
     out = capsys.readouterr().out
     assert status == 0
@@ -167,14 +191,20 @@ def test_bench_writes_json_and_report(model_file, tmp_path, capsys):
 def _run(args, **kwargs):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
-        env=env, timeout=300, **kwargs,
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+        **kwargs,
     )
 
 
 def test_command_line_exit_status(tmp_path):
-    proc = _run(["-m", "kdkeras.cli", "export", str(tmp_path / "none.keras"),
-                 "--out", str(tmp_path)])
+    proc = _run(
+        ["-m", "kdkeras.cli", "export", str(tmp_path / "none.keras"), "--out", str(tmp_path)]
+    )
     assert proc.returncode == 1
     assert "kdkeras: error: Expected an existing model file" in proc.stderr
 

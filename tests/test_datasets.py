@@ -33,7 +33,10 @@ def test_offline_datasets_have_fixed_stratified_splits(name, shape, n_train, n_t
 
 
 def test_unknown_name_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"Expected one of \['mnist-5k', 'digits', 'mnist'\]. Received: name='cifar'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected one of \['mnist-5k', 'digits', 'mnist'\]. Received: name='cifar'",
+    ):
         datasets.load("cifar")
 
 

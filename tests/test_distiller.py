@@ -146,12 +146,18 @@ def _manual_step(distiller, x, y, sw, lr, alpha, temperature):
     t_logits = teacher(x, training=False)
     with tf.GradientTape() as tape:
         s_logits = student(x, training=True)
-        gt = tf.reduce_sum(np_weights(sw, len(x)) * tf.keras.losses.sparse_categorical_crossentropy(
-            y, s_logits, from_logits=True)) / len(x)
-        kd = tf.reduce_sum(np_weights(sw, len(x)) * losses.kd_loss(t_logits, s_logits, temperature)) / len(x)
+        gt = tf.reduce_sum(
+            np_weights(sw, len(x))
+            * tf.keras.losses.sparse_categorical_crossentropy(y, s_logits, from_logits=True)
+        ) / len(x)
+        kd = tf.reduce_sum(
+            np_weights(sw, len(x)) * losses.kd_loss(t_logits, s_logits, temperature)
+        ) / len(x)
         total = alpha * gt + (1 - alpha) * kd
     grads = tape.gradient(total, student.trainable_variables)
-    return [v.numpy() - lr * g.numpy() for v, g in zip(student.trainable_variables, grads)], float(total)
+    return [v.numpy() - lr * g.numpy() for v, g in zip(student.trainable_variables, grads)], float(
+        total
+    )
 
 
 def np_weights(sw, n):
@@ -164,9 +170,7 @@ def test_one_step_equals_hand_computed_loss_and_update(with_weights, jit_compile
     alpha, temperature, lr = 0.3, 2.0, 0.1
     distiller = make(student_loss_weight=alpha, terms=kdkeras.LogitsDistillation(temperature))
     sw = SW[:8] if with_weights else None
-    want_weights, want_loss = _manual_step(
-        distiller, X[:8], Y[:8], sw, lr, alpha, temperature
-    )
+    want_weights, want_loss = _manual_step(distiller, X[:8], Y[:8], sw, lr, alpha, temperature)
     distiller.compile(optimizer=keras.optimizers.SGD(lr), loss=ce(), jit_compile=jit_compile)
     logs = distiller.train_on_batch(X[:8], Y[:8], sample_weight=sw, return_dict=True)
     assert logs["loss"] == pytest.approx(want_loss, rel=1e-5)
@@ -181,7 +185,12 @@ def test_logs_name_each_term_and_evaluate_matches_numpy():
     distiller.compile(optimizer="sgd", loss=ce(), metrics=["accuracy"])
     history = distiller.fit(X, Y, epochs=1, batch_size=16, verbose=0)
     assert {
-        "loss", "student_loss", "logits_distillation_loss", "dkd_loss", "teacher_agreement", "accuracy"
+        "loss",
+        "student_loss",
+        "logits_distillation_loss",
+        "dkd_loss",
+        "teacher_agreement",
+        "accuracy",
     } <= set(history.history)
 
     result = distiller.evaluate(X, Y, sample_weight=SW, batch_size=16, return_dict=True, verbose=0)
@@ -233,7 +242,9 @@ def test_sample_weight_zero_removes_samples_from_per_sample_terms():
     distiller = make(terms=terms)
     distiller.compile(optimizer="sgd", loss=ce())
     weights = np.r_[np.ones(8), np.zeros(8)].astype("float32")
-    weighted = distiller.evaluate(X, Y, sample_weight=weights, batch_size=16, return_dict=True, verbose=0)
+    weighted = distiller.evaluate(
+        X, Y, sample_weight=weights, batch_size=16, return_dict=True, verbose=0
+    )
     t = distiller.teacher(X[:8], training=False)
     s = distiller.student(X[:8], training=False)
     # sum over the kept half, divided by the full batch (sum_over_batch_size)
@@ -264,9 +275,14 @@ def test_mirrored_strategy_step_equals_single_device_step():
             teacher = mlp(8, "teacher", seed=1)
             student = mlp(4, "student", seed=2)
             distiller = kdkeras.Distiller(
-                teacher, student,
-                [kdkeras.LogitsDistillation(2.0), kdkeras.FeatureDistillation(
-                    teacher_layer_name="logits", student_layer_name="logits")],
+                teacher,
+                student,
+                [
+                    kdkeras.LogitsDistillation(2.0),
+                    kdkeras.FeatureDistillation(
+                        teacher_layer_name="logits", student_layer_name="logits"
+                    ),
+                ],
                 student_loss_weight=0.3,
             )
             distiller.compile(optimizer=keras.optimizers.SGD(lr), loss=ce())
@@ -296,8 +312,11 @@ def test_multi_teacher_averages_soft_targets():
     t1, t2 = mlp(8, "t1", seed=1), mlp(8, "t2", seed=3)
     temperature = 2.0
     distiller = kdkeras.Distiller(
-        [t1, t2], mlp(4, "student", seed=2), kdkeras.LogitsDistillation(temperature),
-        student_loss_weight=0.0, teacher_weights=[1.0, 3.0],
+        [t1, t2],
+        mlp(4, "student", seed=2),
+        kdkeras.LogitsDistillation(temperature),
+        student_loss_weight=0.0,
+        teacher_weights=[1.0, 3.0],
     )
     distiller.compile(optimizer="sgd")
     result = distiller.evaluate(X, batch_size=16, return_dict=True, verbose=0)
@@ -310,7 +329,9 @@ def test_multi_teacher_averages_soft_targets():
 
 
 def test_several_teachers_need_logit_terms():
-    with pytest.raises(ValueError, match="Received: distillation_losses\\[0\\]=FeatureDistillation"):
+    with pytest.raises(
+        ValueError, match="Received: distillation_losses\\[0\\]=FeatureDistillation"
+    ):
         kdkeras.Distiller([mlp(8, "t1"), mlp(8, "t2")], mlp(4, "s"), kdkeras.FeatureDistillation())
 
 
@@ -335,7 +356,9 @@ def test_saved_distiller_reloads_compiled_after_import_kdkeras(tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     name, optimizer, loss, dkd = result.stdout.split()[-4:]
@@ -370,7 +393,10 @@ def test_config_round_trip_and_student_saves_as_plain_keras(tmp_path):
     restored = kdkeras.Distiller.from_config(distiller.get_config())
     assert restored.get_config() == distiller.get_config()
     assert restored.student_loss_weight == 0.2
-    assert [type(t) for t in restored.distillation_losses] == [kdkeras.LogitsDistillation, kdkeras.DKD]
+    assert [type(t) for t in restored.distillation_losses] == [
+        kdkeras.LogitsDistillation,
+        kdkeras.DKD,
+    ]
 
     distiller.compile(optimizer="adam", loss=ce())
     distiller.fit(X, Y, epochs=1, verbose=0)
@@ -391,8 +417,15 @@ def test_config_round_trip_and_student_saves_as_plain_keras(tmp_path):
 
 def test_cached_teacher_outputs_give_the_same_training_as_online():
     def run(cached):
-        distiller = make(terms=[kdkeras.LogitsDistillation(2.0), kdkeras.FeatureDistillation(
-            teacher_layer_name="hidden", student_layer_name="hidden")], student=mlp(8, "student", seed=2))
+        distiller = make(
+            terms=[
+                kdkeras.LogitsDistillation(2.0),
+                kdkeras.FeatureDistillation(
+                    teacher_layer_name="hidden", student_layer_name="hidden"
+                ),
+            ],
+            student=mlp(8, "student", seed=2),
+        )
         distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=ce())
         x = distiller.cache_teacher_outputs(X, batch_size=5) if cached else X
         distiller.fit(x, Y, batch_size=4, epochs=2, shuffle=False, verbose=0)
@@ -421,9 +454,7 @@ def test_cached_arrays_stay_aligned_when_fit_shuffles():
     unshuffled.compile(optimizer=keras.optimizers.SGD(0.1), loss=ce())
     unshuffled.fit(X, Y, epochs=2, batch_size=4, shuffle=False, verbose=0)
     # The shuffle changed the training, and cached targets followed it exactly.
-    assert any(
-        np.abs(a - b).max() > 1e-4 for a, b in zip(online, unshuffled.student.get_weights())
-    )
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(online, unshuffled.student.get_weights()))
     for a, b in zip(online, cached):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -437,15 +468,21 @@ def test_cache_on_a_deterministic_dataset_and_refusal_for_shuffle_or_augmentatio
         distiller.evaluate(ds, return_dict=True, verbose=0)["loss"], rel=1e-6
     )
     with pytest.raises(ValueError, match="Shuffle"):
-        distiller.cache_teacher_outputs(tf.data.Dataset.from_tensor_slices((X, Y)).shuffle(16).batch(4))
-    noisy = tf.data.Dataset.from_tensor_slices((X, Y)).map(
-        lambda x, y: (x + tf.random.normal(tf.shape(x)), y)
-    ).batch(4)
+        distiller.cache_teacher_outputs(
+            tf.data.Dataset.from_tensor_slices((X, Y)).shuffle(16).batch(4)
+        )
+    noisy = (
+        tf.data.Dataset.from_tensor_slices((X, Y))
+        .map(lambda x, y: (x + tf.random.normal(tf.shape(x)), y))
+        .batch(4)
+    )
     with pytest.raises(ValueError, match="Random"):
         distiller.cache_teacher_outputs(noisy)
-    reordering = tf.data.Dataset.from_tensor_slices((X, Y)).map(
-        lambda x, y: (x * 2.0, y), num_parallel_calls=2, deterministic=False
-    ).batch(4)
+    reordering = (
+        tf.data.Dataset.from_tensor_slices((X, Y))
+        .map(lambda x, y: (x * 2.0, y), num_parallel_calls=2, deterministic=False)
+        .batch(4)
+    )
     with pytest.raises(ValueError, match="deterministic=False"):
         distiller.cache_teacher_outputs(reordering)
 

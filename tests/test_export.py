@@ -41,9 +41,7 @@ def _with_moving_stats(model, seed=1):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape))
-            layer.moving_variance.assign(
-                rng.uniform(0.5, 2.0, size=layer.moving_variance.shape)
-            )
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=layer.moving_variance.shape))
     return model
 
 
@@ -114,9 +112,7 @@ def _assert_parity(model, path, manifest, inputs):
         got = _ort_outputs(path, [inputs], bs)
         diff = float(np.max(np.abs(got - expected)))
         assert diff <= 1e-4
-        assert diff == pytest.approx(
-            parity["batch_sizes"][str(bs)]["max_abs_diff"], abs=1e-6
-        )
+        assert diff == pytest.approx(parity["batch_sizes"][str(bs)]["max_abs_diff"], abs=1e-6)
 
 
 def test_cnn_with_batchnorm_and_dropout(cnn_onnx, images):
@@ -223,9 +219,7 @@ def test_opset_18_is_written(folder):
 def test_other_formats_pass_parity(folder, images, format, name):
     model = _with_moving_stats(_cnn(seed=2))
     path = str(folder / name)
-    manifest = deploy.export(
-        model, path, format, sample_inputs=images, batch_sizes=BATCH_SIZES
-    )
+    manifest = deploy.export(model, path, format, sample_inputs=images, batch_sizes=BATCH_SIZES)
     assert manifest["format"] == format
     runner = runners.load_runner(path)
     expected = keras.ops.convert_to_numpy(model(images, training=False))
@@ -271,11 +265,11 @@ def test_check_parity_catches_argmax_disagreement():
 
     logits = np.array([[0.0, 1.0], [2.0, 0.5], [0.2, 0.1]], dtype="float32")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Identity()])
-    report = deploy.check_parity(model, Swapped(), [logits], batch_sizes=(3,),
-                             atol=10.0, min_agreement=0.99)
+    report = deploy.check_parity(
+        model, Swapped(), [logits], batch_sizes=(3,), atol=10.0, min_agreement=0.99
+    )
     assert report["agreement"] == 0.0 and report["passed"] is False
-    ok = deploy.check_parity(model, runners.KerasRunner(model), [logits],
-                         batch_sizes=(1, 2))
+    ok = deploy.check_parity(model, runners.KerasRunner(model), [logits], batch_sizes=(1, 2))
     assert ok["passed"] and ok["max_abs_diff"] == 0.0
 
 
@@ -309,7 +303,9 @@ def test_agreement_gate_refuses_outputs_without_classes():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     x = np.random.default_rng(0).random((4, 2)).astype("float32")
     with pytest.raises(deploy.ParityError, match="needs class outputs"):
-        deploy.check_parity(model, runners.KerasRunner(model), [x], batch_sizes=(2,), gate="agreement")
+        deploy.check_parity(
+            model, runners.KerasRunner(model), [x], batch_sizes=(2,), gate="agreement"
+        )
 
 
 def test_a_failed_export_keeps_the_previous_artifact(tmp_path, images, monkeypatch):
@@ -330,8 +326,13 @@ def test_a_failed_export_keeps_the_previous_artifact(tmp_path, images, monkeypat
 
     monkeypatch.setattr(runners, "load_runner", off_by_one)
     with pytest.raises(deploy.ParityError):
-        deploy.export(_with_moving_stats(_cnn(seed=3)), path, "tflite", sample_inputs=images,
-                  batch_sizes=BATCH_SIZES)
+        deploy.export(
+            _with_moving_stats(_cnn(seed=3)),
+            path,
+            "tflite",
+            sample_inputs=images,
+            batch_sizes=BATCH_SIZES,
+        )
     assert open(path, "rb").read() == before
     assert open(path + ".manifest.json").read() == manifest_before
     failed = deploy.failed_path(path)

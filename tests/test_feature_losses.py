@@ -165,7 +165,12 @@ def test_relational_losses_match_numpy(mode, fn, ref):
 def test_relational_losses_are_scale_invariant_where_the_paper_is():
     t = rng(11).normal(size=(5, 4)).astype("float32")
     s = rng(12).normal(size=(5, 7)).astype("float32")
-    for fn in (losses.rkd_distance_loss, losses.rkd_angle_loss, losses.pkt_loss, losses.similarity_preserving_loss):
+    for fn in (
+        losses.rkd_distance_loss,
+        losses.rkd_angle_loss,
+        losses.pkt_loss,
+        losses.similarity_preserving_loss,
+    ):
         np.testing.assert_allclose(
             np.asarray(fn(t, s)), np.asarray(fn(t, 10.0 * s)), rtol=1e-3, atol=1e-6
         )
@@ -181,7 +186,9 @@ def test_rkd_angle_duplicates_stay_finite_with_finite_gradients():
         value = tf.reduce_mean(losses.rkd_angle_loss(t, s) + losses.rkd_distance_loss(t, s))
     grad = tape.gradient(value, s).numpy()
     assert np.isfinite(value.numpy())
-    np.testing.assert_allclose(np.mean(np_rkd_angle(t, s0) + np_rkd_distance(t, s0)), value.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(
+        np.mean(np_rkd_angle(t, s0) + np_rkd_distance(t, s0)), value.numpy(), rtol=1e-4
+    )
     assert np.all(np.isfinite(grad)) and np.any(grad != 0)
     assert np.max(np.abs(grad)) < 1e3
 
@@ -267,9 +274,7 @@ def test_feature_distillation_structured_losses():
     t = [rng(23).normal(size=(2, 3)).astype("float32"), np.zeros((2, 4), "float32")]
     s = [rng(24).normal(size=(2, 3)).astype("float32"), np.ones((2, 4), "float32")]
     term = kdkeras.FeatureDistillation(loss=["mse", None])
-    np.testing.assert_allclose(
-        np.asarray(term.call(t, s)), ((s[0] - t[0]) ** 2).mean(1), rtol=1e-5
-    )
+    np.testing.assert_allclose(np.asarray(term.call(t, s)), ((s[0] - t[0]) ** 2).mean(1), rtol=1e-5)
     with pytest.raises(ValueError, match="not None"):
         kdkeras.FeatureDistillation(loss=[None, None])
 
@@ -277,8 +282,12 @@ def test_feature_distillation_structured_losses():
 @pytest.mark.parametrize(
     "term",
     [
-        kdkeras.FeatureDistillation(loss="mae", teacher_layer_name="t", student_layer_name="s", adapter=None, name="hint"),
-        kdkeras.FeatureDistillation(loss=keras.losses.MeanSquaredError(), adapter=keras.layers.Dense(3, name="proj")),
+        kdkeras.FeatureDistillation(
+            loss="mae", teacher_layer_name="t", student_layer_name="s", adapter=None, name="hint"
+        ),
+        kdkeras.FeatureDistillation(
+            loss=keras.losses.MeanSquaredError(), adapter=keras.layers.Dense(3, name="proj")
+        ),
         kdkeras.AttentionTransfer("t", "s", p=3.0),
         kdkeras.RKD("t", "s", distance_weight=1.0, angle_weight=2.0),
         kdkeras.PKT("t", "s", adapter=keras.layers.Dense(4)),
@@ -288,9 +297,7 @@ def test_feature_distillation_structured_losses():
 )
 def test_get_config_round_trip(term):
     config = term.get_config()
-    restored = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(term)
-    )
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(term))
     assert type(restored) is type(term)
     restored_config = restored.get_config()
     assert restored_config == config

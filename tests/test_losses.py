@@ -114,8 +114,12 @@ def test_dkd_matches_numpy():
 
 def test_dkd_accepts_one_hot_and_column_labels_and_falls_back_to_teacher_argmax():
     base = np.asarray(losses.dkd_loss(T_LOGITS, S_LOGITS, y=LABELS))
-    np.testing.assert_allclose(losses.dkd_loss(T_LOGITS, S_LOGITS, y=np.eye(5)[LABELS]), base, rtol=1e-6)
-    np.testing.assert_allclose(losses.dkd_loss(T_LOGITS, S_LOGITS, y=LABELS[:, None]), base, rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.dkd_loss(T_LOGITS, S_LOGITS, y=np.eye(5)[LABELS]), base, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        losses.dkd_loss(T_LOGITS, S_LOGITS, y=LABELS[:, None]), base, rtol=1e-6
+    )
     argmax = T_LOGITS.argmax(-1)
     np.testing.assert_allclose(
         losses.dkd_loss(T_LOGITS, S_LOGITS, y=None),
@@ -170,7 +174,9 @@ def test_reduce_per_sample_follows_keras_sum_over_batch_size():
     weights = np.array([[1.0, 0.0], [1.0, 1.0]], "float32")
     assert float(losses.reduce_per_sample(values, weights)) == pytest.approx(8.0 / 4)
     assert float(losses.reduce_per_sample(values[:, 0], np.array([2.0, 0.0]))) == pytest.approx(1.0)
-    assert float(losses.reduce_per_sample(values[:, 0], np.array([[2.0], [0.0]]))) == pytest.approx(1.0)
+    assert float(losses.reduce_per_sample(values[:, 0], np.array([[2.0], [0.0]]))) == pytest.approx(
+        1.0
+    )
     assert float(losses.reduce_per_sample(values)) == pytest.approx(2.5)
 
 
@@ -178,14 +184,18 @@ def test_logits_distillation_class_matches_function_and_maps_keras_losses():
     import keras
 
     term = kdkeras.LogitsDistillation(temperature=4.0)
-    np.testing.assert_allclose(term.call(T_LOGITS, S_LOGITS), np_kd(T_LOGITS, S_LOGITS, 4.0), rtol=1e-4)
+    np.testing.assert_allclose(
+        term.call(T_LOGITS, S_LOGITS), np_kd(T_LOGITS, S_LOGITS, 4.0), rtol=1e-4
+    )
     assert float(term.compute_loss(T_LOGITS, S_LOGITS)) == pytest.approx(
         np_kd(T_LOGITS, S_LOGITS, 4.0).mean(), rel=1e-4
     )
     keras_kl = kdkeras.LogitsDistillation(4.0, loss=keras.losses.KLDivergence())
     np.testing.assert_allclose(keras_kl.call(T_LOGITS, S_LOGITS), term.call(T_LOGITS, S_LOGITS))
     rev = kdkeras.LogitsDistillation(4.0, loss="reverse_kl_divergence")
-    np.testing.assert_allclose(rev.call(T_LOGITS, S_LOGITS), np_kd(T_LOGITS, S_LOGITS, 4.0, True), rtol=1e-4)
+    np.testing.assert_allclose(
+        rev.call(T_LOGITS, S_LOGITS), np_kd(T_LOGITS, S_LOGITS, 4.0, True), rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "3", True])

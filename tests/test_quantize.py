@@ -77,7 +77,6 @@ def test_static_defaults_for_a_cnn(static_int8):
     assert q["calibration_samples"] == 256
 
 
-
 def _float_weight(proto, node):
     producers = {o: n for n in proto.graph.node for o in n.output}
     inits = {t.name: t for t in proto.graph.initializer}
@@ -98,7 +97,8 @@ def test_first_conv_and_logits_stay_float(static_int8):
     assert all(_float_weight(proto, n) for n in kept if n.op_type != "Add")
     # Every other Conv/MatMul/Gemm reads a dequantized int8 weight.
     others = [
-        n for n in proto.graph.node
+        n
+        for n in proto.graph.node
         if n.op_type in ("Conv", "MatMul", "Gemm") and n.name not in excluded
     ]
     assert others and not any(_float_weight(proto, n) for n in others)
@@ -123,12 +123,8 @@ def test_static_report_matches_independent_measurement(static_int8, cnn, digits)
     assert agreement >= 0.99
     assert q["accuracy_int8"] == pytest.approx(np.mean(int8.argmax(-1) == y_test))
     assert q["accuracy_float32"] == pytest.approx(np.mean(ref.argmax(-1) == y_test))
-    assert q["accuracy_change"] == pytest.approx(
-        q["accuracy_int8"] - q["accuracy_float32"]
-    )
-    assert q["size_ratio"] == pytest.approx(
-        os.path.getsize(path) / os.path.getsize(float_path)
-    )
+    assert q["accuracy_change"] == pytest.approx(q["accuracy_int8"] - q["accuracy_float32"])
+    assert q["size_ratio"] == pytest.approx(os.path.getsize(path) / os.path.getsize(float_path))
     assert q["size_ratio"] < 0.45
     for key in ("latency_ratio_batch1", "latency_ratio_batch64"):
         assert q[key] > 0
@@ -139,7 +135,11 @@ def test_dynamic_quantizes_matmul_only(cnn, digits, tmp_path):
     (_, _), (x_test, y_test) = digits
     out = str(tmp_path / "dyn.onnx")
     manifest = deploy.quantize(
-        model, path, out, mode="dynamic", eval_data=(x_test, y_test),
+        model,
+        path,
+        out,
+        mode="dynamic",
+        eval_data=(x_test, y_test),
         min_agreement=0.97,
     )
     ops = {n.op_type for n in onnx.load(out).graph.node}
@@ -159,9 +159,7 @@ def test_gate_fails_below_min_agreement(cnn, digits, tmp_path):
     other = _train(other, x_train[:50], y_train[:50], epochs=1)
     out = str(tmp_path / "bad.int8.onnx")
     with pytest.raises(deploy.ParityError, match="agreement") as info:
-        deploy.quantize(
-            other, path, out, calibration_data=x_train, eval_data=(x_test, y_test)
-        )
+        deploy.quantize(other, path, out, calibration_data=x_train, eval_data=(x_test, y_test))
     assert info.value.report["agreement"] < 0.99
     assert info.value.report["passed"] is False
 
@@ -190,9 +188,7 @@ def transformer(tmp_path_factory):
     keras.utils.set_random_seed(0)
     tokens = keras.Input((4,), dtype="int32")
     h = keras.layers.Embedding(10, 8)(tokens)
-    h = keras.layers.LayerNormalization()(
-        h + keras.layers.MultiHeadAttention(2, 4)(h, h)
-    )
+    h = keras.layers.LayerNormalization()(h + keras.layers.MultiHeadAttention(2, 4)(h, h))
     h = keras.layers.Dense(16, activation="gelu")(h[:, 0])
     model = keras.Model(tokens, keras.layers.Dense(3)(h))
     path = str(tmp_path_factory.mktemp("t") / "t.onnx")

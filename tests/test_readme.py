@@ -26,7 +26,12 @@ def test_quick_start_runs(tmp_path):
     code = re.sub(r"epochs=\d+", "epochs=1", quick_start_code())
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     student = keras.saving.load_model(tmp_path / "student.keras")

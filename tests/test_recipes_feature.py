@@ -20,7 +20,9 @@ def run(script, *args):
 def test_feature_kd_smoke():
     out = run("recipes/feature_kd.py", "--seeds", "1")
     # The student's features differ from the teacher's: FitNets gets an adapter.
-    assert re.search(r"t_conv4\s+\(14, 14, 32\)\s+s_conv2\s+\(7, 7, 16\)\s+Conv2D 1x1 ->32, UpSample 2x2", out)
+    assert re.search(
+        r"t_conv4\s+\(14, 14, 32\)\s+s_conv2\s+\(7, 7, 16\)\s+Conv2D 1x1 ->32, UpSample 2x2", out
+    )
     rows = re.findall(r"^\| (.+?) \| ([0-9.]+) ± [0-9.]+ \| .+? \| ([0-9.]+) \|$", out, re.M)
     assert [r[0] for r in rows] == [
         "alone", "KD", "KD + FitNets", "KD + AT", "KD + RKD", "KD + PKT", "KD + SP",

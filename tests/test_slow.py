@@ -25,7 +25,11 @@ def test_distilled_student_beats_scratch_over_three_seeds():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, "recipes/output_kd.py", "--seeds", "3"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     means = _means(result.stdout)

@@ -41,7 +41,9 @@ def nested(prefix="n"):
     # A Functional backbone inside a Sequential: taps reach into it.
     i = keras.Input((6, 6, 1))
     x = L.Conv2D(4, 3, padding="same", activation="relu", name=f"{prefix}_conv")(i)
-    backbone = keras.Model(i, L.GlobalAveragePooling2D(name=f"{prefix}_gap")(x), name=f"{prefix}_backbone")
+    backbone = keras.Model(
+        i, L.GlobalAveragePooling2D(name=f"{prefix}_gap")(x), name=f"{prefix}_backbone"
+    )
     return keras.Sequential(
         [keras.Input((6, 6, 1)), backbone, L.Dense(3, name=f"{prefix}_out")],
         name=f"{prefix}_model",
@@ -65,7 +67,12 @@ def subclassed(prefix="s"):
     return model
 
 
-KINDS = {"functional": functional, "sequential": sequential, "nested": nested, "subclassed": subclassed}
+KINDS = {
+    "functional": functional,
+    "sequential": sequential,
+    "nested": nested,
+    "subclassed": subclassed,
+}
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -117,9 +124,7 @@ def test_layer_objects_are_accepted():
 def test_unknown_layer_names_list_the_available_ones():
     teacher, student = functional("t"), subclassed("s")
     with pytest.raises(ValueError, match=r"Available layers: \[.*'s_conv'.*'s_gap'"):
-        kdkeras.Distiller(
-            teacher, student, kdkeras.AttentionTransfer("t_conv", "s_nope")
-        )
+        kdkeras.Distiller(teacher, student, kdkeras.AttentionTransfer("t_conv", "s_nope"))
     with pytest.raises(ValueError, match=r"No layer 't_nope' in the teacher.*'t_conv'"):
         kdkeras.Distiller(teacher, student, kdkeras.RKD("t_nope", "s_conv"))
 
@@ -152,7 +157,9 @@ def test_student_runs_once_per_step_with_many_feature_terms():
         kdkeras.PKT("t_gap", "s_bn"),
     ]
     distiller = kdkeras.Distiller(teacher, student, terms)
-    distiller.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    distiller.compile(
+        optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     bn = student.get_layer("s_bn")
     x = np.ones((8, 6, 6, 1), "float32")
     distiller.fit(x, y_data(), epochs=1, batch_size=4, shuffle=False, verbose=0)

@@ -221,9 +221,7 @@ def test_width_removes_dead_channels_exactly(width):
         np.testing.assert_array_equal(
             _w(student, "stem_bn", name), _w(teacher, "stem_bn", name)[stream]
         )
-    np.testing.assert_array_equal(
-        _w(student, "b0_dw"), _w(teacher, "b0_dw")[:, :, alive["b0"]]
-    )
+    np.testing.assert_array_equal(_w(student, "b0_dw"), _w(teacher, "b0_dw")[:, :, alive["b0"]])
     np.testing.assert_array_equal(
         _w(student, "fc"), _w(teacher, "fc")[alive["rows"]][:, alive["fc"]]
     )
@@ -391,9 +389,7 @@ def test_keep_blocks_copies_the_kept_blocks(keep):
         expected = teacher.get_layer(layer).get_weights()
         for a, b in zip(expected, student.get_layer(layer).get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
-    removed = sum(
-        l.count_params() for l in teacher.layers if l.name.startswith(("enc1_", "enc3_"))
-    )
+    removed = sum(l.count_params() for l in teacher.layers if l.name.startswith(("enc1_", "enc3_")))
     assert student.count_params() == teacher.count_params() - removed
     # The input of enc1 now feeds enc2.
     (node,) = student.get_layer("enc2_add1")._inbound_nodes

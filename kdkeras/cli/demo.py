@@ -22,7 +22,9 @@ def add_parser(subparsers):
     parser.add_argument("--data", default="mnist-5k", help="dataset name (default: mnist-5k)")
     parser.add_argument("--epochs", type=int, default=30, help="student epochs (default: 30)")
     parser.add_argument("--teacher-epochs", type=int, default=6, help="teacher epochs (default: 6)")
-    parser.add_argument("--temperature", type=float, default=4.0, help="KD temperature (default: 4)")
+    parser.add_argument(
+        "--temperature", type=float, default=4.0, help="KD temperature (default: 4)"
+    )
     parser.add_argument(
         "--student-loss-weight", type=float, default=0.5, help="ground-truth weight (default: 0.5)"
     )

@@ -15,6 +15,7 @@ import sys
 
 __all__ = ["add_parsers", "run_bench", "run_export"]
 
+
 def add_parsers(subparsers):
     """Adds `export` and `bench` to the `kdkeras` argument parser."""
     p = subparsers.add_parser(
@@ -55,8 +56,9 @@ def add_parsers(subparsers):
         help="smallest argmax agreement (float and int8 gates)",
     )
     p.add_argument("--batch-sizes", type=_positive_int, nargs=2, default=[1, 16])
-    p.add_argument("--num-samples", type=_positive_int, default=32,
-                   help="samples for the float parity check")
+    p.add_argument(
+        "--num-samples", type=_positive_int, default=32, help="samples for the float parity check"
+    )
     p.set_defaults(func=run_export)
 
     b = subparsers.add_parser(
@@ -89,17 +91,13 @@ def _positive_int(text):
     except ValueError:
         value = None
     if value is None or value < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer >= 1. Received: {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1. Received: {text!r}")
     return value
 
 
 def _existing(path, what="model"):
     if not os.path.exists(path):
-        raise ValueError(
-            f"Expected an existing {what} file. Received: {what}={path!r}"
-        )
+        raise ValueError(f"Expected an existing {what} file. Received: {what}={path!r}")
     return path
 
 

@@ -28,9 +28,7 @@ def _build_parser():
         prog="kdkeras",
         description="Knowledge distillation for Keras.",
     )
-    parser.add_argument(
-        "--debug", action="store_true", help="show tracebacks on errors"
-    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo.add_parser(sub)

@@ -39,11 +39,7 @@ def _count_params(runner):
             onnx.TensorProto.INT8,
         }
         return int(
-            sum(
-                int(np.prod(t.dims))
-                for t in proto.graph.initializer
-                if t.data_type in kinds
-            )
+            sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type in kinds)
         )
     return None
 
@@ -67,8 +63,7 @@ def _named(models):
     names = [n for n, _ in named]
     if len(set(names)) != len(names):
         raise ValueError(
-            "Expected distinct model names; pass a dict {name: model}. "
-            f"Received: names={names}"
+            f"Expected distinct model names; pass a dict {{name: model}}. Received: names={names}"
         )
     return named
 
@@ -79,10 +74,7 @@ def _expected_shapes(runner, x):
     if runner.kind == "onnx":
         return [[free(d) for d in i.shape] for i in runner.session.get_inputs()]
     if runner.kind == "tflite":
-        return [
-            [free(d) for d in detail["shape_signature"]]
-            for detail in runner._inputs
-        ]
+        return [[free(d) for d in detail["shape_signature"]] for detail in runner._inputs]
     if runner.kind == "keras":
         return [list(s.shape) for s in signatures.input_specs(runner.model, x)]
     return None
@@ -161,12 +153,9 @@ def benchmark(
     reference = names[0] if reference is None else reference
     if reference not in names:
         raise ValueError(
-            f"Expected reference to be one of {names}. "
-            f"Received: reference={reference!r}"
+            f"Expected reference to be one of {names}. Received: reference={reference!r}"
         )
-    loaded = [
-        runners.load_runner(m, threads=threads, safe_mode=safe_mode) for _, m in named
-    ]
+    loaded = [runners.load_runner(m, threads=threads, safe_mode=safe_mode) for _, m in named]
     for (name, _), runner in zip(named, loaded):
         check_data_fits(name, runner, x)
 
@@ -183,9 +172,7 @@ def benchmark(
     ref_pred = predictions[names.index(reference)].argmax(-1)
 
     one = runners.take(x, 0, 1)
-    lat = runners.interleaved_timings(
-        loaded, one, calls=calls, repeats=repeats, warmup=warmup
-    )
+    lat = runners.interleaved_timings(loaded, one, calls=calls, repeats=repeats, warmup=warmup)
     batch = runners.take(x, 0, batch_size)
     thr = runners.interleaved_timings(
         loaded,
@@ -215,9 +202,7 @@ def benchmark(
                 "batch_size": int(len(batch[0])),
                 "throughput_per_s": float(len(batch[0]) / np.median(thr[i])),
                 "accuracy": (
-                    None
-                    if y is None
-                    else float(np.mean(pred == np.asarray(y).reshape(-1)))
+                    None if y is None else float(np.mean(pred == np.asarray(y).reshape(-1)))
                 ),
                 "agreement": float(np.mean(pred == ref_pred)),
                 "reference": reference,
@@ -273,5 +258,3 @@ def write_json(results, path, extra=None):
     payload = {"results": results, **(extra or {})}
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     return os.fspath(path)
-
-

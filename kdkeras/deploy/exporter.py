@@ -141,8 +141,7 @@ def export(
     """
     if format not in FORMATS:
         raise ValueError(
-            f"Expected format to be one of {list(FORMATS)}. "
-            f"Received: format={format!r}"
+            f"Expected format to be one of {list(FORMATS)}. Received: format={format!r}"
         )
     check_plain_keras(model)
     path = os.fspath(path)
@@ -282,8 +281,7 @@ def gate(
                 "file_size_bytes": size,
                 "sha256": sha,
                 "versions": manifest_lib.library_versions(),
-                "created": datetime.datetime.now(datetime.UTC)
-                .isoformat(timespec="seconds"),
+                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 **(extra or {}),
             }
         )

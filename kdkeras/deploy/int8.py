@@ -74,9 +74,7 @@ def default_settings(kind, mode=None):
     if mode is None:
         mode = "static" if kind == "cnn" else "dynamic"
     if mode not in MODES:
-        raise ValueError(
-            f"Expected mode to be one of {list(MODES)}. Received: mode={mode!r}"
-        )
+        raise ValueError(f"Expected mode to be one of {list(MODES)}. Received: mode={mode!r}")
     if mode == "static":
         return {
             "mode": "static",
@@ -177,8 +175,7 @@ def _accuracy(outputs, y):
     return float(np.mean(outputs[0].argmax(-1) == y.reshape(-1)))
 
 
-def compare_runners(float_runner, int8_runner, x, y, *, batch_size=64,
-                    repeats=3, calls=10):
+def compare_runners(float_runner, int8_runner, x, y, *, batch_size=64, repeats=3, calls=10):
     """Size-independent figures of an int8 runner against its float32 one:
     accuracies, agreement and latency ratios at batch 1 and `batch_size`."""
     ref = runners.run_batched(float_runner, x, batch_size)
@@ -186,15 +183,11 @@ def compare_runners(float_runner, int8_runner, x, y, *, batch_size=64,
     figures = {
         "accuracy_float32": _accuracy(ref, y),
         "accuracy_int8": _accuracy(out, y),
-        "agreement_with_float32": float(
-            np.mean(ref[0].argmax(-1) == out[0].argmax(-1))
-        ),
+        "agreement_with_float32": float(np.mean(ref[0].argmax(-1) == out[0].argmax(-1))),
         "num_eval_samples": int(len(x[0])),
     }
     if y is not None:
-        figures["accuracy_change"] = (
-            figures["accuracy_int8"] - figures["accuracy_float32"]
-        )
+        figures["accuracy_change"] = figures["accuracy_int8"] - figures["accuracy_float32"]
     for bs in (1, batch_size):
         batch = runners.take(x, 0, bs)
         t_float, t_int8 = runners.interleaved_timings(
@@ -202,9 +195,7 @@ def compare_runners(float_runner, int8_runner, x, y, *, batch_size=64,
         )
         figures[f"latency_ms_float32_batch{bs}"] = 1e3 * float(np.median(t_float))
         figures[f"latency_ms_int8_batch{bs}"] = 1e3 * float(np.median(t_int8))
-        figures[f"latency_ratio_batch{bs}"] = float(
-            np.median(t_int8) / np.median(t_float)
-        )
+        figures[f"latency_ratio_batch{bs}"] = float(np.median(t_int8) / np.median(t_float))
     return figures
 
 
@@ -321,12 +312,8 @@ def quantize(
             except Exception:  # noqa: BLE001 - preprocessing is optional
                 source = onnx_path
             source_proto = onnx.load(source)
-            exclude = (
-                _logits_nodes(source_proto) if settings["keep_logits_float"] else []
-            ) + (
-                _first_layer_nodes(source_proto)
-                if settings["keep_first_float"]
-                else []
+            exclude = (_logits_nodes(source_proto) if settings["keep_logits_float"] else []) + (
+                _first_layer_nodes(source_proto) if settings["keep_first_float"] else []
             )
             settings["nodes_excluded"] = exclude
             if settings["mode"] == "static":
@@ -362,9 +349,7 @@ def quantize(
     int8_runner = runners.OnnxRunner(staged, threads)
     report = {"model_kind": kind, **settings}
     report["size_ratio"] = os.path.getsize(staged) / os.path.getsize(onnx_path)
-    report.update(
-        compare_runners(float_runner, int8_runner, x, y, batch_size=batch_size)
-    )
+    report.update(compare_runners(float_runner, int8_runner, x, y, batch_size=batch_size))
     return exporter.gate(
         model,
         staged,
@@ -415,9 +400,7 @@ def quantize_tflite(
         "calibration_samples": int(len(cal[0])),
         "accuracy_float32": _accuracy(ref, y),
         "accuracy_int8": _accuracy(out, y),
-        "agreement_with_float32": float(
-            np.mean(ref[0].argmax(-1) == out[0].argmax(-1))
-        ),
+        "agreement_with_float32": float(np.mean(ref[0].argmax(-1) == out[0].argmax(-1))),
     }
     return exporter.gate(
         model,

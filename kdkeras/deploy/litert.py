@@ -21,9 +21,7 @@ def write_litert(model, path, specs, calibration=None):
         }
     arg = [specs[0]] if len(specs) == 1 else [list(specs)]
     with atomic_path(path, suffix=".tflite") as tmp:
-        model.export(
-            tmp, format="litert", verbose=False, input_signature=arg, **kwargs
-        )
+        model.export(tmp, format="litert", verbose=False, input_signature=arg, **kwargs)
     return {
         "route": "keras.Model.export(format='litert')",
         "fixes": [],

@@ -20,9 +20,7 @@ def file_digest(path):
     """`(size in bytes, sha256)` of a file, or of a folder's files."""
     digest, size = hashlib.sha256(), 0
     if os.path.isdir(path):
-        files = sorted(
-            os.path.join(root, f) for root, _, names in os.walk(path) for f in names
-        )
+        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
     else:
         files = [path]
     for f in files:
@@ -58,17 +56,13 @@ def library_versions():
 def io_description(runner, specs, reference):
     inputs = [
         {
-            "name": getattr(runner, "input_names", None)
-            and runner.input_names[i]
-            or s.name,
+            "name": getattr(runner, "input_names", None) and runner.input_names[i] or s.name,
             "shape": [None if d is None else int(d) for d in s.shape],
             "dtype": s.dtype.name,
         }
         for i, s in enumerate(specs)
     ]
-    names = getattr(runner, "output_names", None) or [
-        f"output_{i}" for i in range(len(reference))
-    ]
+    names = getattr(runner, "output_names", None) or [f"output_{i}" for i in range(len(reference))]
     outputs = [
         {
             "name": names[i] if i < len(names) else f"output_{i}",

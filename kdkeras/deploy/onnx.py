@@ -39,15 +39,11 @@ def _fix_onnx(proto):
             if one_name is None:
                 one_name = "kdk_erfc_one"
                 graph.initializer.append(
-                    numpy_helper.from_array(
-                        np.array(1.0, dtype="float32"), one_name
-                    )
+                    numpy_helper.from_array(np.array(1.0, dtype="float32"), one_name)
                 )
             erf_out = f"{node.output[0]}__erf"
             new_nodes.append(
-                helper.make_node(
-                    "Erf", [node.input[0]], [erf_out], name=f"{node.name}_erf"
-                )
+                helper.make_node("Erf", [node.input[0]], [erf_out], name=f"{node.name}_erf")
             )
             new_nodes.append(
                 helper.make_node(
@@ -148,8 +144,7 @@ def write_onnx(model, path, specs, opset, route):
     routes = {"keras": _onnx_via_keras, "saved_model": _onnx_via_saved_model}
     if route not in ("auto",) + tuple(routes):
         raise ValueError(
-            "Expected route 'auto', 'keras' or 'saved_model'. "
-            f"Received: route={route!r}"
+            f"Expected route 'auto', 'keras' or 'saved_model'. Received: route={route!r}"
         )
     order = ["keras", "saved_model"] if route == "auto" else [route]
     with atomic_path(path, suffix=".onnx") as tmp:
@@ -162,9 +157,7 @@ def write_onnx(model, path, specs, opset, route):
             except Exception as e:  # noqa: BLE001 - try the next route
                 errors.append(f"{name}: {type(e).__name__}: {e}")
         else:
-            raise RuntimeError(
-                "ONNX conversion failed on every route: " + " | ".join(errors)
-            )
+            raise RuntimeError("ONNX conversion failed on every route: " + " | ".join(errors))
         proto = onnx.load(tmp)
         fixes = _fix_onnx(proto)
         bad = _unconverted_ops(proto)

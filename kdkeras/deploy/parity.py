@@ -18,10 +18,7 @@ def keras_outputs(model, inputs, batch_size=256):
         return [keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(out)]
 
     n = len(inputs[0])
-    parts = [
-        run(runners.take(inputs, i, min(i + batch_size, n)))
-        for i in range(0, n, batch_size)
-    ]
+    parts = [run(runners.take(inputs, i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     return [np.concatenate(p, axis=0) for p in zip(*parts)]
 
 
@@ -29,15 +26,13 @@ def parity_figures(reference, outputs):
     """Max absolute difference and argmax agreement between output lists."""
     if len(reference) != len(outputs):
         raise ParityError(
-            f"Expected {len(reference)} output(s) from the artifact. "
-            f"Received: {len(outputs)}"
+            f"Expected {len(reference)} output(s) from the artifact. Received: {len(outputs)}"
         )
     max_diff, agreement = 0.0, None
     for ref, out in zip(reference, outputs):
         if ref.shape != out.shape:
             raise ParityError(
-                f"Expected an artifact output shaped {ref.shape}. "
-                f"Received: shape={out.shape}"
+                f"Expected an artifact output shaped {ref.shape}. Received: shape={out.shape}"
             )
         ref64, out64 = ref.astype("float64"), out.astype("float64")
         # Non-finite values count as an infinite difference unless both sides
@@ -110,9 +105,7 @@ def check_parity(
         diff, agree = parity_figures(reference, outputs)
         per_batch[str(int(bs))] = {"max_abs_diff": diff, "agreement": agree}
     max_diff = max(v["max_abs_diff"] for v in per_batch.values())
-    agreements = [
-        v["agreement"] for v in per_batch.values() if v["agreement"] is not None
-    ]
+    agreements = [v["agreement"] for v in per_batch.values() if v["agreement"] is not None]
     agreement = min(agreements) if agreements else None
     if gate == "agreement" and agreement is None:
         raise ParityError(

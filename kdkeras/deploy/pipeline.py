@@ -243,9 +243,7 @@ def export_file(
     """
     path = os.fspath(path)
     if not path.endswith(".keras"):
-        raise ValueError(
-            f"Expected a Keras model file ending in .keras. Received: model={path!r}"
-        )
+        raise ValueError(f"Expected a Keras model file ending in .keras. Received: model={path!r}")
     if quantize and (train is None or test is None):
         raise ValueError(
             "Expected `train` and `test` data with `quantize`: int8 is "
@@ -253,13 +251,11 @@ def export_file(
         )
     if quantize == "dynamic" and format != "onnx":
         raise ValueError(
-            "Expected --format onnx for dynamic quantization. "
-            f"Received: format={format!r}"
+            f"Expected --format onnx for dynamic quantization. Received: format={format!r}"
         )
     if quantize and format not in ("onnx", "tflite"):
         raise ValueError(
-            "Expected --format onnx or tflite with --quantize. "
-            f"Received: format={format!r}"
+            f"Expected --format onnx or tflite with --quantize. Received: format={format!r}"
         )
     if format == "onnx":
         exporter.validate_opset(export_kwargs.get("opset", exporter.DEFAULT_OPSET))
@@ -273,9 +269,7 @@ def export_file(
         target = os.path.join(out_dir, stem + "_saved_model")
 
     summary = {"model": path, "passed": True, "artifacts": []}
-    gate_kwargs = {
-        k: v for k, v in export_kwargs.items() if k in ("min_agreement", "batch_sizes")
-    }
+    gate_kwargs = {k: v for k, v in export_kwargs.items() if k in ("min_agreement", "batch_sizes")}
     try:
         summary["artifacts"].append(
             _summary_entry(

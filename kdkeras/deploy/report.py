@@ -25,9 +25,7 @@ def plot(results, path, title=None):
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError(
-            f"Plots need the `matplotlib` package. {PLOT_EXTRA_HINT}"
-        ) from e
+        raise ImportError(f"Plots need the `matplotlib` package. {PLOT_EXTRA_HINT}") from e
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
@@ -38,9 +36,7 @@ def plot(results, path, title=None):
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for r, size in zip(results, sizes):
         area = 40 + 1200 * size / biggest
-        ax.scatter(
-            r["latency_ms"]["p50"], r[metric], s=area, alpha=0.6, edgecolors="k"
-        )
+        ax.scatter(r["latency_ms"]["p50"], r[metric], s=area, alpha=0.6, edgecolors="k")
         label = r["name"]
         if size:
             label += f" ({size / 1024:,.0f} KB)"
@@ -73,8 +69,9 @@ def _settings_lines(results):
     return lines
 
 
-def markdown(results, *, title="Benchmark", command=None, ratios=None,
-             manifests=None, plot_name=None):
+def markdown(
+    results, *, title="Benchmark", command=None, ratios=None, manifests=None, plot_name=None
+):
     """The report as a Markdown string."""
     first = results[0] if results else {}
     parts = [f"# {title}", ""]
@@ -108,19 +105,31 @@ def markdown(results, *, title="Benchmark", command=None, ratios=None,
             )
             q = m.get("quantization")
             if q:
-                keys = ("mode", "per_channel", "reduce_range", "nodes_excluded",
-                        "size_ratio", "accuracy_change", "latency_ratio_batch1")
-                parts.append(
-                    "  - int8: "
-                    + ", ".join(f"{k}={q[k]}" for k in keys if k in q)
+                keys = (
+                    "mode",
+                    "per_channel",
+                    "reduce_range",
+                    "nodes_excluded",
+                    "size_ratio",
+                    "accuracy_change",
+                    "latency_ratio_batch1",
                 )
+                parts.append("  - int8: " + ", ".join(f"{k}={q[k]}" for k in keys if k in q))
         parts += [""]
     parts += ["## Runtime settings", ""] + _settings_lines(results) + [""]
     return "\n".join(parts)
 
 
-def write_report(results, out_dir, *, title="Benchmark", command=None,
-                 ratios=None, manifests=None, plot_file="bench.png"):
+def write_report(
+    results,
+    out_dir,
+    *,
+    title="Benchmark",
+    command=None,
+    ratios=None,
+    manifests=None,
+    plot_file="bench.png",
+):
     """Writes `report.md` and `bench.png` into `out_dir`.
 
     Args:

@@ -20,8 +20,7 @@ def require(module_name):
         return importlib.import_module(module_name)
     except ImportError as e:
         raise ImportError(
-            f"This feature needs the `{module_name.split('.')[0]}` package. "
-            f"{EXPORT_EXTRA_HINT}"
+            f"This feature needs the `{module_name.split('.')[0]}` package. {EXPORT_EXTRA_HINT}"
         ) from e
 
 
@@ -32,8 +31,7 @@ def detect_format(path):
         if os.path.exists(os.path.join(path, "saved_model.pb")):
             return "saved_model"
         raise ValueError(
-            "Expected a SavedModel folder (with saved_model.pb). "
-            f"Received: path={path!r}"
+            f"Expected a SavedModel folder (with saved_model.pb). Received: path={path!r}"
         )
     ext = os.path.splitext(path)[1].lower()
     formats = {".onnx": "onnx", ".tflite": "tflite", ".keras": "keras"}
@@ -64,9 +62,7 @@ def onnx_session_options(threads=None):
     """onnxruntime `SessionOptions` with every setting that matters set."""
     ort = require("onnxruntime")
     options = ort.SessionOptions()
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    )
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = int(threads or default_threads())
     options.inter_op_num_threads = 1
@@ -76,9 +72,7 @@ def onnx_session_options(threads=None):
 
 def describe_session_options(options):
     return {
-        "graph_optimization_level": str(options.graph_optimization_level).split(
-            "."
-        )[-1],
+        "graph_optimization_level": str(options.graph_optimization_level).split(".")[-1],
         "execution_mode": str(options.execution_mode).split(".")[-1],
         "intra_op_num_threads": options.intra_op_num_threads,
         "inter_op_num_threads": options.inter_op_num_threads,
@@ -98,9 +92,7 @@ class OnnxRunner:
         )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self._dtypes = [
-            _ORT_DTYPES.get(i.type, "float32") for i in self.session.get_inputs()
-        ]
+        self._dtypes = [_ORT_DTYPES.get(i.type, "float32") for i in self.session.get_inputs()]
 
     def run(self, inputs):
         feed = {
@@ -133,9 +125,7 @@ class TFLiteRunner:
 
         self.path = os.fspath(path)
         self.threads = int(threads or default_threads())
-        self.interpreter = tf.lite.Interpreter(
-            model_path=self.path, num_threads=self.threads
-        )
+        self.interpreter = tf.lite.Interpreter(model_path=self.path, num_threads=self.threads)
         self.interpreter.allocate_tensors()
         self._inputs = self.interpreter.get_input_details()
         self._outputs = self.interpreter.get_output_details()
@@ -148,19 +138,13 @@ class TFLiteRunner:
         if shapes != self._shapes:
             # LiteRT keeps one allocation per shape: resize only on change.
             for detail, shape in zip(self._inputs, shapes):
-                self.interpreter.resize_tensor_input(
-                    detail["index"], shape, strict=False
-                )
+                self.interpreter.resize_tensor_input(detail["index"], shape, strict=False)
             self.interpreter.allocate_tensors()
             self._shapes = shapes
         for detail, x in zip(self._inputs, inputs):
-            self.interpreter.set_tensor(
-                detail["index"], np.asarray(x, dtype=detail["dtype"])
-            )
+            self.interpreter.set_tensor(detail["index"], np.asarray(x, dtype=detail["dtype"]))
         self.interpreter.invoke()
-        return [
-            self.interpreter.get_tensor(d["index"]).copy() for d in self._outputs
-        ]
+        return [self.interpreter.get_tensor(d["index"]).copy() for d in self._outputs]
 
     def settings(self):
         return {"num_threads": self.threads}
@@ -186,14 +170,10 @@ class KerasRunner:
         except (AttributeError, ValueError):
             inputs = None
         if inputs:
-            specs = [
-                tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype)
-                for t in inputs
-            ]
+            specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype) for t in inputs]
             self._dtypes = [s.dtype.as_numpy_dtype for s in specs]
             self.input_names = [
-                getattr(t, "name", None) or f"input_{i}"
-                for i, t in enumerate(inputs)
+                getattr(t, "name", None) or f"input_{i}" for i, t in enumerate(inputs)
             ]
         else:
             # A subclassed model: traced once per new input shape.
@@ -214,9 +194,7 @@ class KerasRunner:
 
     def run(self, inputs):
         dtypes = self._dtypes or [None] * len(inputs)
-        outputs = self._fn(
-            *[np.asarray(x, dtype=d) for x, d in zip(inputs, dtypes)]
-        )
+        outputs = self._fn(*[np.asarray(x, dtype=d) for x, d in zip(inputs, dtypes)])
         return [o.numpy() for o in outputs]
 
     def settings(self):
@@ -309,10 +287,7 @@ def load_runner(model, threads=None, safe_mode=True):
 def run_batched(runner, inputs, batch_size):
     """Runs `runner` over `inputs` in chunks; concatenates each output."""
     n = len(inputs[0])
-    chunks = [
-        runner.run(take(inputs, i, min(i + batch_size, n)))
-        for i in range(0, n, batch_size)
-    ]
+    chunks = [runner.run(take(inputs, i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     return [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
 
 

@@ -13,20 +13,13 @@ def check_plain_keras(model):
 
     if not isinstance(model, keras.Model):
         raise TypeError(
-            "Expected a `keras.Model`. "
-            f"Received: model={model!r} of type {type(model).__name__}"
+            f"Expected a `keras.Model`. Received: model={model!r} of type {type(model).__name__}"
         )
-    layers = [model] + list(
-        keras_compat.flatten_layers(model)
-    )
+    layers = [model] + list(keras_compat.flatten_layers(model))
     for layer in layers:
         module = type(layer).__module__ or ""
         if module == "kdkeras" or module.startswith("kdkeras."):
-            hint = (
-                " Export its `student` instead."
-                if hasattr(model, "student")
-                else ""
-            )
+            hint = " Export its `student` instead." if hasattr(model, "student") else ""
             raise ValueError(
                 "Expected a plain Keras model: an exported model never "
                 "contains a teacher, adapters or any kdkeras object."
@@ -72,9 +65,7 @@ def input_specs(model, sample_inputs=None, input_signature=None):
         ]
     if sample_inputs is not None:
         return [
-            tf.TensorSpec(
-                (None,) + x.shape[1:], tf.as_dtype(x.dtype), name=f"input_{i}"
-            )
+            tf.TensorSpec((None,) + x.shape[1:], tf.as_dtype(x.dtype), name=f"input_{i}")
             for i, x in enumerate(runners.as_input_list(sample_inputs))
         ]
     raise ValueError(
@@ -89,8 +80,7 @@ def check_input_shapes(specs, inputs):
     """Raises a one-line `ValueError` when data does not fit the model."""
     if len(specs) != len(inputs):
         raise ValueError(
-            f"Expected {len(specs)} input array(s) for the model. "
-            f"Received: {len(inputs)} array(s)"
+            f"Expected {len(specs)} input array(s) for the model. Received: {len(inputs)} array(s)"
         )
     for spec, x in zip(specs, inputs):
         expected = tuple(spec.shape)[1:]
@@ -122,9 +112,7 @@ def random_inputs(model, specs, n, seed=0):
         shape = (n,) + tuple(d if d is not None else 8 for d in spec.shape[1:])
         dtype = spec.dtype.as_numpy_dtype
         if spec.dtype.is_integer:
-            arrays.append(
-                rng.integers(0, _embedding_vocab(model), shape).astype(dtype)
-            )
+            arrays.append(rng.integers(0, _embedding_vocab(model), shape).astype(dtype))
         else:
             arrays.append(rng.random(shape).astype(dtype))
     return arrays

@@ -65,9 +65,7 @@ def make_adapter(student_shape, teacher_shape, name=None):
             if hs % ht == 0 and ws % wt == 0:
                 stack.append(layers.AveragePooling2D((hs // ht, ws // wt)))
             elif ht % hs == 0 and wt % ws == 0:
-                post.append(
-                    layers.UpSampling2D((ht // hs, wt // ws), interpolation="bilinear")
-                )
+                post.append(layers.UpSampling2D((ht // hs, wt // ws), interpolation="bilinear"))
             else:
                 post.append(layers.Resizing(ht, wt, interpolation="bilinear"))
         if cs != ct:
@@ -183,18 +181,14 @@ def build_adapters(terms, teacher, student, teacher_taps, student_taps, verbose=
         return built
     try:
         t_shapes = _shapes(teacher, [teacher_taps[j] for j in wanted])
-        s_shapes = _shapes(
-            student, [student_taps[j] for j in wanted]
-        )
+        s_shapes = _shapes(student, [student_taps[j] for j in wanted])
     except ValueError:
         # An unbuilt model: only terms with an adapter need the shapes.
         wanted = [j for j in wanted if getattr(terms[j], "adapter", None) is not None]
         if not wanted:
             return built
         t_shapes = _shapes(teacher, [teacher_taps[j] for j in wanted])
-        s_shapes = _shapes(
-            student, [student_taps[j] for j in wanted]
-        )
+        s_shapes = _shapes(student, [student_taps[j] for j in wanted])
     rows, any_auto = [], False
     for j, t_shape, s_shape in zip(wanted, t_shapes, s_shapes):
         term = terms[j]

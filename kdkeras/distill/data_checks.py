@@ -22,7 +22,9 @@ def _leaves(value):
 
 def _is_array(value):
     return isinstance(value, np.ndarray) or (
-        hasattr(value, "__array__") and hasattr(value, "shape") and hasattr(value, "dtype")
+        hasattr(value, "__array__")
+        and hasattr(value, "shape")
+        and hasattr(value, "dtype")
         and not _is_tensor(value)
     )
 
@@ -98,9 +100,7 @@ def check_not_empty(x, name="x"):
         return
     count = _sample_count(x, name)
     if count == 0:
-        raise ValueError(
-            f"Expected at least one sample. Received: {name} with 0 samples"
-        )
+        raise ValueError(f"Expected at least one sample. Received: {name} with 0 samples")
 
 
 def _output_classes(model):
@@ -198,9 +198,7 @@ def _has_nan_guard(callbacks):
     import keras
 
     items = getattr(callbacks, "callbacks", callbacks) or []
-    return any(
-        isinstance(c, (TerminateOnNonFinite, keras.callbacks.TerminateOnNaN)) for c in items
-    )
+    return any(isinstance(c, (TerminateOnNonFinite, keras.callbacks.TerminateOnNaN)) for c in items)
 
 
 def fit_with_checks(fit, distiller, *args, **kwargs):

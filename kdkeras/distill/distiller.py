@@ -143,10 +143,7 @@ class Distiller(keras.Model):
         for i, t in enumerate(teachers):
             if not isinstance(t, keras.Model):
                 where = f"teacher[{i}]" if len(teachers) > 1 else "teacher"
-                raise TypeError(
-                    f"Expected `{where}` to be a keras.Model. "
-                    f"Received: {where}={t!r}"
-                )
+                raise TypeError(f"Expected `{where}` to be a keras.Model. Received: {where}={t!r}")
         if not isinstance(student, keras.Model):
             raise TypeError(
                 f"Expected `student` to be a keras.Model. Received: student={student!r}"
@@ -167,8 +164,7 @@ class Distiller(keras.Model):
         losses = list(losses) if isinstance(losses, (list, tuple)) else [losses]
         if not losses:
             raise ValueError(
-                "Expected at least one distillation term. "
-                "Received: distillation_losses=[]"
+                "Expected at least one distillation term. Received: distillation_losses=[]"
             )
         for i, term in enumerate(losses):
             if not isinstance(term, _AnyDistillationLoss):
@@ -299,8 +295,7 @@ class Distiller(keras.Model):
             t_shapes = [tuple(o.shape) for o in t_out]
             s_shapes = [tuple(o.shape) for o in s_out]
             compatible = len(t_shapes) == len(s_shapes) and all(
-                len(a) == len(b)
-                and all(x is None or y is None or x == y for x, y in zip(a, b))
+                len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
                 for a, b in zip(t_shapes, s_shapes)
             )
             if not compatible:
@@ -354,11 +349,7 @@ class Distiller(keras.Model):
         """Teacher outputs (one per teacher) and tapped features (per term)."""
         outputs, features = [], {}
         for i, teacher in enumerate(self._teachers):
-            layers = (
-                [layer for layer in self._teacher_taps if layer is not None]
-                if i == 0
-                else []
-            )
+            layers = [layer for layer in self._teacher_taps if layer is not None] if i == 0 else []
             with taps.capture(layers) as store:
                 out = teacher(x, training=False)
             outputs.append(out)
@@ -388,9 +379,7 @@ class Distiller(keras.Model):
         with taps.capture(layers) as store:
             y_pred = self.student(x, training=training)
         features = {
-            j: store[id(layer)]
-            for j, layer in enumerate(self._student_taps)
-            if layer is not None
+            j: store[id(layer)] for j, layer in enumerate(self._student_taps) if layer is not None
         }
         return y_pred, features
 
@@ -428,9 +417,7 @@ class Distiller(keras.Model):
         ground_truth = None
         compiled_loss = keras_compat.compiled_loss(self)
         if y is not None and compiled_loss is not None:
-            ground_truth = ops.cast(
-                compiled_loss(y, y_pred, sample_weight), "float32"
-            )
+            ground_truth = ops.cast(compiled_loss(y, y_pred, sample_weight), "float32")
         elif y is None and self.student_loss_weight >= 1.0:
             raise ValueError(
                 "Batches without labels leave nothing to train with "
@@ -444,14 +431,10 @@ class Distiller(keras.Model):
         total = ops.zeros((), "float32")
         if ground_truth is not None:
             total = total + self.student_loss_weight * ground_truth
-        distill = sum(
-            w * v for w, v in zip(self.distillation_loss_weights, terms)
-        )
+        distill = sum(w * v for w, v in zip(self.distillation_loss_weights, terms))
         total = total + (1.0 - self.student_loss_weight) * distill
         owners = [self.student, *(a for a in self.adapters if a is not None)]
-        regularization = [
-            ops.sum(ops.cast(l, "float32")) for owner in owners for l in owner.losses
-        ]
+        regularization = [ops.sum(ops.cast(l, "float32")) for owner in owners for l in owner.losses]
         if regularization:
             total = total + _scale_for_replicas(ops.sum(regularization))
         return total, ground_truth, terms
@@ -477,7 +460,9 @@ class Distiller(keras.Model):
         import tensorflow as tf
 
         batch = tf.shape(keras.tree.flatten(x)[0])[0]
-        keras_compat.loss_tracker(self).update_state(_unscale_for_replicas(total), sample_weight=batch)
+        keras_compat.loss_tracker(self).update_state(
+            _unscale_for_replicas(total), sample_weight=batch
+        )
         if ground_truth is not None:
             self._student_loss_tracker.update_state(
                 _unscale_for_replicas(ground_truth), sample_weight=batch
@@ -579,9 +564,7 @@ class Distiller(keras.Model):
             "distillation_losses": [serialize(t) for t in self.distillation_losses],
             "distillation_loss_weights": list(self.distillation_loss_weights),
             "student_loss_weight": self.student_loss_weight,
-            "teacher_weights": None
-            if self.teacher_weights is None
-            else list(self.teacher_weights),
+            "teacher_weights": None if self.teacher_weights is None else list(self.teacher_weights),
         }
 
     @classmethod
@@ -592,12 +575,8 @@ class Distiller(keras.Model):
         )
         teacher = config.pop("teacher")
         config["teacher"] = (
-            [deserialize(t) for t in teacher]
-            if isinstance(teacher, list)
-            else deserialize(teacher)
+            [deserialize(t) for t in teacher] if isinstance(teacher, list) else deserialize(teacher)
         )
         config["student"] = deserialize(config.pop("student"))
-        config["distillation_losses"] = [
-            deserialize(t) for t in config.pop("distillation_losses")
-        ]
+        config["distillation_losses"] = [deserialize(t) for t in config.pop("distillation_losses")]
         return cls(**config)

@@ -68,17 +68,13 @@ def _local_value(strategy, value):
 def _maybe_symbolic_build(self, iterator=None, data_batch=None):
     strategy = self.distribute_strategy
     if strategy is None or iterator is None or not is_multi_worker(strategy):
-        return _originals["maybe_symbolic_build"](
-            self, iterator=iterator, data_batch=data_batch
-        )
+        return _originals["maybe_symbolic_build"](self, iterator=iterator, data_batch=data_batch)
     import keras
 
     # keras-team/keras#20585, path 1: the batch only lends its shapes and
     # dtypes to the symbolic build, so this worker's own replica will do.
     for _, _, it in iterator:
-        data_batch = keras.tree.map_structure(
-            lambda v: _local_value(strategy, v), next(it)
-        )
+        data_batch = keras.tree.map_structure(lambda v: _local_value(strategy, v), next(it))
         break
     with strategy.scope():
         keras_compat.symbolic_build(self, data_batch)
@@ -188,6 +184,5 @@ def local_tf_configs(workers, host="127.0.0.1"):
         s.close()
     cluster = {"worker": [f"{host}:{port}" for port in ports]}
     return [
-        {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        for index in range(workers)
+        {"cluster": cluster, "task": {"type": "worker", "index": index}} for index in range(workers)
     ]

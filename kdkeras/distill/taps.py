@@ -56,8 +56,7 @@ def find_layer(model, layer, role="model"):
         wanted = repr(layer)
     else:
         raise TypeError(
-            "Expected a layer name or a keras.layers.Layer. "
-            f"Received: {role}_layer_name={layer!r}"
+            f"Expected a layer name or a keras.layers.Layer. Received: {role}_layer_name={layer!r}"
         )
     raise ValueError(
         f"No layer {wanted} in the {role} model {model.name!r}. "
@@ -155,9 +154,7 @@ def input_spec(model):
     shapes = keras_compat.build_shapes(model)
     if shapes and len(shapes) == 1:
         shape = next(iter(shapes.values()))
-        if isinstance(shape, (list, tuple)) and all(
-            d is None or isinstance(d, int) for d in shape
-        ):
+        if isinstance(shape, (list, tuple)) and all(d is None or isinstance(d, int) for d in shape):
             dtype = getattr(model, "input_dtype", None) or "float32"
             return keras.KerasTensor(free_batch_axis(shape), dtype)
     return None
@@ -178,9 +175,7 @@ def trace(model, fn):
             "`inputs` and was never built. Build it first, for example with "
             "`model.build((None, *input_shape))` or by calling it on a batch."
         )
-    tf_spec = keras.tree.map_structure(
-        lambda t: tf.TensorSpec(t.shape, t.dtype), spec
-    )
+    tf_spec = keras.tree.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), spec)
     tf.function(fn, autograph=False).get_concrete_function(tf_spec)
 
 
@@ -207,15 +202,13 @@ def feature_shapes(model, layers):
             outputs = model(inputs, training=False)
         result["outputs"] = keras.tree.map_structure(_shape_of, outputs)
         result["taps"] = {
-            key: keras.tree.map_structure(_shape_of, value)
-            for key, value in store.items()
+            key: keras.tree.map_structure(_shape_of, value) for key, value in store.items()
         }
         return keras.tree.flatten(outputs)
 
     trace(model, fn)
     return [
-        result["outputs"] if layer is None else result["taps"].get(id(layer))
-        for layer in layers
+        result["outputs"] if layer is None else result["taps"].get(id(layer)) for layer in layers
     ]
 
 

@@ -120,7 +120,8 @@ def cache_teacher_outputs(distiller, x, batch_size=256):
     batches = []
     for start in range(0, n, batch_size):
         chunk = keras.tree.map_structure(
-            lambda v: tf.convert_to_tensor(v[start : start + batch_size]), x  # noqa: B023 - called at once
+            lambda v: tf.convert_to_tensor(v[start : start + batch_size]),  # noqa: B023
+            x,
         )
         batches.append(_numpy_tree(compute(chunk)))
     return {INPUTS_KEY: x, TARGETS_KEY: _concat_batches(batches)}

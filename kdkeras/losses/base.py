@@ -13,11 +13,7 @@ except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin
 
 def is_finite_number(value):
     """Whether `value` is a finite int or float (a bool is not a number here)."""
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def reduce_per_sample(values, sample_weight=None):
@@ -82,9 +78,7 @@ class DistillationLoss(_KerasDistillationLoss):
 
     def __init__(self, name=None):
         if name is not None and not isinstance(name, str):
-            raise TypeError(
-                f"Expected `name` to be a string or None. Received: name={name!r}"
-            )
+            raise TypeError(f"Expected `name` to be a string or None. Received: name={name!r}")
         self.name = name
 
     def call(self, teacher_outputs, student_outputs, y=None):
@@ -93,13 +87,9 @@ class DistillationLoss(_KerasDistillationLoss):
             "`call(teacher_outputs, student_outputs, y=None)`."
         )
 
-    def compute_loss(
-        self, teacher_outputs, student_outputs, sample_weight=None, y=None, **kwargs
-    ):
+    def compute_loss(self, teacher_outputs, student_outputs, sample_weight=None, y=None, **kwargs):
         """Returns the weighted mean of `call(...)` as a float32 scalar."""
-        return reduce_per_sample(
-            self.call(teacher_outputs, student_outputs, y=y), sample_weight
-        )
+        return reduce_per_sample(self.call(teacher_outputs, student_outputs, y=y), sample_weight)
 
     def validate_outputs(self, teacher_outputs, student_outputs):
         keras.tree.assert_same_structure(teacher_outputs, student_outputs)

@@ -49,12 +49,10 @@ def _check_adapter(adapter, allow_auto):
         return
     if allow_auto and adapter == "auto":
         return
-    expected = "'auto', None or a keras.layers.Layer" if allow_auto else (
-        "None or a keras.layers.Layer"
+    expected = (
+        "'auto', None or a keras.layers.Layer" if allow_auto else ("None or a keras.layers.Layer")
     )
-    raise ValueError(
-        f"Expected `adapter` to be {expected}. Received: adapter={adapter!r}"
-    )
+    raise ValueError(f"Expected `adapter` to be {expected}. Received: adapter={adapter!r}")
 
 
 class FeatureTerm(DistillationLoss):
@@ -69,9 +67,7 @@ class FeatureTerm(DistillationLoss):
     adapter_matches_teacher = True
     allow_auto_adapter = False
 
-    def __init__(
-        self, teacher_layer_name=None, student_layer_name=None, adapter=None, name=None
-    ):
+    def __init__(self, teacher_layer_name=None, student_layer_name=None, adapter=None, name=None):
         super().__init__(name=name)
         _check_adapter(adapter, self.allow_auto_adapter)
         self.teacher_layer_name = teacher_layer_name
@@ -93,9 +89,7 @@ class FeatureTerm(DistillationLoss):
     def from_config(cls, config):
         config = dict(config)
         if isinstance(config.get("adapter"), dict):
-            config["adapter"] = keras.saving.deserialize_keras_object(
-                config["adapter"]
-            )
+            config["adapter"] = keras.saving.deserialize_keras_object(config["adapter"])
         return cls(**config)
 
 
@@ -182,8 +176,7 @@ class FeatureDistillation(FeatureTerm):
         self._loss_fn = keras.tree.map_structure(_resolve_loss, loss)
         if all(fn is None for fn in keras.tree.flatten(self._loss_fn)):
             raise ValueError(
-                "Expected at least one loss that is not None. Received: "
-                f"loss={loss!r}"
+                f"Expected at least one loss that is not None. Received: loss={loss!r}"
             )
 
     def call(self, teacher_outputs, student_outputs, y=None):

@@ -38,9 +38,7 @@ def _huber(x):
 def _pairwise_distances(e, eps=1e-12):
     """Euclidean distances `(n, n)`, zero diagonal, clamped like the RKD code."""
     sq = ops.sum(ops.square(e), axis=-1)
-    d2 = ops.expand_dims(sq, 1) + ops.expand_dims(sq, 0) - 2.0 * ops.matmul(
-        e, ops.transpose(e)
-    )
+    d2 = ops.expand_dims(sq, 1) + ops.expand_dims(sq, 0) - 2.0 * ops.matmul(e, ops.transpose(e))
     d = ops.sqrt(ops.maximum(d2, eps))
     return ops.where(_off_diagonal(ops.shape(e)[0]), d, 0.0)
 
@@ -215,9 +213,7 @@ class RKD(_RelationalTerm):
         super().__init__(teacher_layer_name, student_layer_name, adapter, name)
         for arg, value in (("distance_weight", distance_weight), ("angle_weight", angle_weight)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(
-                    f"Expected `{arg}` to be a number >= 0. Received: {arg}={value!r}"
-                )
+                raise ValueError(f"Expected `{arg}` to be a number >= 0. Received: {arg}={value!r}")
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
 
@@ -228,9 +224,7 @@ class RKD(_RelationalTerm):
                 teacher_outputs, student_outputs
             )
         if self.angle_weight:
-            value = value + self.angle_weight * rkd_angle_loss(
-                teacher_outputs, student_outputs
-            )
+            value = value + self.angle_weight * rkd_angle_loss(teacher_outputs, student_outputs)
         if isinstance(value, float):
             return ops.zeros((ops.shape(student_outputs)[0],), "float32")
         return value

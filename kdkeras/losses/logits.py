@@ -28,9 +28,7 @@ def _check_temperature(temperature):
 
 def _check_weight(arg, value):
     if not is_finite_number(value) or value < 0:
-        raise ValueError(
-            f"Expected `{arg}` to be a finite number >= 0. Received: {arg}={value!r}"
-        )
+        raise ValueError(f"Expected `{arg}` to be a finite number >= 0. Received: {arg}={value!r}")
 
 
 def _log_softmax_t(logits, temperature):
@@ -102,9 +100,7 @@ def ensemble_logits(teacher_logits, weights=None, temperature=1.0):
     if weights is None:
         weights = [1.0] * n
     total = float(sum(weights))
-    stacked = ops.stack(
-        [_log_softmax_t(t, temperature) for t in teacher_logits], axis=0
-    )
+    stacked = ops.stack([_log_softmax_t(t, temperature) for t in teacher_logits], axis=0)
     log_w = ops.reshape(
         ops.log(ops.convert_to_tensor([w / total for w in weights], "float32")),
         (n,) + (1,) * (len(stacked.shape) - 1),
@@ -136,9 +132,7 @@ def _kl_where(mask, log_p, log_q):
     return ops.sum(terms, axis=-1)
 
 
-def dkd_loss(
-    teacher_logits, student_logits, y=None, alpha=1.0, beta=8.0, temperature=4.0
-):
+def dkd_loss(teacher_logits, student_logits, y=None, alpha=1.0, beta=8.0, temperature=4.0):
     """Decoupled knowledge distillation, `alpha * TCKD + beta * NCKD`.
 
     TCKD is the binary KL between the teacher's and student's probability of
@@ -239,8 +233,7 @@ def _map_outputs(fn, teacher_outputs, student_outputs):
         return values[0]
     # Several outputs may differ in rank: reduce each to (batch,) first.
     return sum(
-        ops.mean(v, axis=list(range(1, len(v.shape)))) if len(v.shape) > 1 else v
-        for v in values
+        ops.mean(v, axis=list(range(1, len(v.shape)))) if len(v.shape) > 1 else v for v in values
     )
 
 
@@ -315,9 +308,7 @@ class LogitsDistillation(DistillationLoss):
     def get_config(self):
         loss = self.loss
         if not isinstance(loss, str):
-            loss = {"kl": "kl_divergence", "ce": "categorical_crossentropy"}[
-                self._mode
-            ]
+            loss = {"kl": "kl_divergence", "ce": "categorical_crossentropy"}[self._mode]
         return {"temperature": self.temperature, "loss": loss, "name": self.name}
 
 

@@ -43,10 +43,7 @@ class Block:
 
     @property
     def removable(self):
-        return (
-            self.input_shape == self.output_shape
-            and self._input.dtype == self._output.dtype
-        )
+        return self.input_shape == self.output_shape and self._input.dtype == self._output.dtype
 
     def __repr__(self):
         return f"Block({self.name!r}, layers={list(self.layers)})"
@@ -122,10 +119,7 @@ def _name_blocks(blocks_nodes):
                 prefix = prefix[:-1]
         names.append(prefix.rstrip("_-/.") or None)
     if None in names or len(set(names)) != len(names):
-        names = [
-            f"{nodes[0].operation.name}..{nodes[-1].operation.name}"
-            for nodes in blocks_nodes
-        ]
+        names = [f"{nodes[0].operation.name}..{nodes[-1].operation.name}" for nodes in blocks_nodes]
     return names
 
 
@@ -255,16 +249,13 @@ def keep_blocks_report(model, keep, blocks=None):
         )
     if isinstance(keep, int):
         if keep < 1:
-            raise ValueError(
-                f"Expected `keep` to be an int >= 1. Received: keep={keep!r}"
-            )
+            raise ValueError(f"Expected `keep` to be an int >= 1. Received: keep={keep!r}")
         kept = {b.name for s in stacks for i, b in enumerate(s) if i % keep == 0}
     else:
         unknown = [k for k in keep if k not in all_names]
         if unknown:
             raise ValueError(
-                f"Expected `keep` to name blocks of the model {all_names}. "
-                f"Received: keep={keep!r}"
+                f"Expected `keep` to name blocks of the model {all_names}. Received: keep={keep!r}"
             )
         kept = set(keep)
     skip, aliases, lines = set(), {}, ["depth: kept blocks"]

@@ -90,9 +90,7 @@ def factors(kernel, rank):
     u, s, vt = np.linalg.svd(matrix, full_matrices=False)
     root = np.sqrt(s[:rank])
     first = (u[:, :rank] * root).reshape(*kernel.shape[:-1], rank)
-    second = (root[:, None] * vt[:rank]).reshape(
-        *([1] * (kernel.ndim - 2)), rank, kernel.shape[-1]
-    )
+    second = (root[:, None] * vt[:rank]).reshape(*([1] * (kernel.ndim - 2)), rank, kernel.shape[-1])
     return first.astype("float32"), second.astype("float32")
 
 
@@ -109,8 +107,7 @@ def low_rank_report(model, rank=None, params=None, layers=None):
     if isinstance(value, dict):
         if layers is not None:
             raise ValueError(
-                f"Expected `layers` to be None when `{arg}` is a dict. "
-                f"Received: layers={layers!r}"
+                f"Expected `layers` to be None when `{arg}` is a dict. Received: layers={layers!r}"
             )
         chosen, explicit = dict(value), True
     else:

@@ -248,9 +248,7 @@ class _Analysis:
         return self.groups.find(self.layer_out[id(layer)][1][0])
 
     def roots(self):
-        return sorted(
-            {self.groups.find(g) for g in range(len(self.groups.parent))}
-        )
+        return sorted({self.groups.find(g) for g in range(len(self.groups.parent))})
 
     def index(self, layout, keep):
         """Kept indices along a tensor's last axis, or None when all are kept."""
@@ -423,8 +421,7 @@ def prune_width_report(model, width, scoring="l1", data=None):
         )
     if scoring == "activation" and data is None:
         raise ValueError(
-            "Expected sample inputs in `data` for scoring='activation'. "
-            "Received: data=None"
+            "Expected sample inputs in `data` for scoring='activation'. Received: data=None"
         )
     analysis = _Analysis(model)
     targets = _targets(analysis, width)
@@ -454,8 +451,7 @@ def prune_width_report(model, width, scoring="l1", data=None):
             key = _UNITS_KEY.get(cls, "filters")
             updates[key] = len(out_idx)
             report.append(
-                f"  {layer.name} ({cls}): {key} {layer.get_config()[key]} -> "
-                f"{len(out_idx)}"
+                f"  {layer.name} ({cls}): {key} {layer.get_config()[key]} -> {len(out_idx)}"
             )
         new = _graph.clone_layer(layer, **updates)
         rebuild.defer(new, _slice(layer, layer.get_weights(), in_idx, out_idx))

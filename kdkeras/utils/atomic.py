@@ -68,8 +68,7 @@ def atomic_path(path, is_dir=False, suffix=""):
         yield tmp
         if not is_dir and not os.path.exists(tmp):
             raise FileNotFoundError(
-                f"Expected the writer to create the temporary file. "
-                f"Received: path={tmp!r}"
+                f"Expected the writer to create the temporary file. Received: path={tmp!r}"
             )
         publish(tmp, path)
     except BaseException:

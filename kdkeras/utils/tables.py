@@ -39,12 +39,7 @@ def format_table(rows, columns=None, *, markdown=True, title=None):
         columns = list(rows[0])
     columns = [str(c) for c in columns]
     cells = [
-        [
-            format_cell(v)
-            for v in (
-                [row.get(c) for c in columns] if isinstance(row, dict) else row
-            )
-        ]
+        [format_cell(v) for v in ([row.get(c) for c in columns] if isinstance(row, dict) else row)]
         for row in rows
     ]
     out = [title] if title else []
