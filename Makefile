@@ -1,14 +1,18 @@
 # One command each: `make demo` and `make test` create .venv when missing.
-PYTHON ?= python3.11
+# The first Python >= 3.11 on PATH, however it is named; override with PYTHON=...
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3.14 python3; do \
+	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; \
+	then echo $$p; break; fi; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo lint test test-fast test-slow bench clean
 
 $(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "make: no Python >= 3.11 found on PATH (set PYTHON=...)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
@@ -21,8 +25,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/kdkeras demo --out demo_output
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not subprocess"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -51,6 +51,7 @@ _EXPORTS = {
     "propose_layer_pairs": "kdkeras.distill",
     "shrink": "kdkeras.transfer",
     "transfer": "kdkeras.transfer",
+    "utils": "kdkeras.utils",
 }
 
 __all__ = sorted([*_EXPORTS, "Distiller", "__version__", "losses"])

@@ -20,6 +20,8 @@ from kdkeras.models import cnn_teacher
 from kdkeras.utils.atomic import atomic_write_text
 from kdkeras.utils.tables import format_table
 
+__all__ = ["EpochTimer", "compare_output_kd", "mean_std", "write_results"]
+
 
 class EpochTimer(keras.callbacks.Callback):
     """Records the wall time of every training epoch in `self.times`."""

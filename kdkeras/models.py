@@ -6,6 +6,8 @@ Plain Keras models that output logits, for 28x28x1 images by default:
 
 import keras
 
+__all__ = ["cnn_student", "cnn_teacher", "mlp_student", "smoke_model"]
+
 
 def cnn_teacher(input_shape=(28, 28, 1), num_classes=10, name="teacher"):
     """A 1.2M-parameter CNN (the classic Keras MNIST convnet, wider head).

@@ -147,7 +147,7 @@ def test_table_json_and_report(results, tmp_path):
     written = deploy.write_report(results, tmp_path / "r", command="kdkeras bench x")
     text = open(written["report"]).read()
     assert "| small |" in text and "kdkeras bench x" in text
-    assert "![accuracy vs latency](deploy.png)" in text
+    assert "![accuracy vs latency](bench.png)" in text
     with open(written["plot"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -188,9 +188,9 @@ def test_compare_pipeline(digits, tmp_path):
         "teacher.onnx",
         "student.onnx",
         "student.int8.onnx",
-        "deploy.json",
-        "deploy.md",
-        "deploy.png",
+        "bench.json",
+        "report.md",
+        "bench.png",
         "student.onnx.manifest.json",
     ):
         assert os.path.exists(tmp_path / f), f
@@ -209,6 +209,6 @@ def test_compare_pipeline(digits, tmp_path):
         os.path.getsize(tmp_path / "student.int8.onnx") / os.path.getsize(tmp_path / "student.onnx")
     )
     assert ratios["int8_agreement"] >= 0.97
-    saved = json.load(open(tmp_path / "deploy.json"))
+    saved = json.load(open(tmp_path / "bench.json"))
     assert saved["ratios"] == pytest.approx(ratios)
     assert saved["parity"]["student.onnx"]["passed"] is True

@@ -7,6 +7,9 @@ import sys
 
 import keras
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -201,6 +201,7 @@ def _run(args, **kwargs):
     )
 
 
+@pytest.mark.subprocess
 def test_command_line_exit_status(tmp_path):
     proc = _run(
         ["-m", "kdkeras.cli", "export", str(tmp_path / "none.keras"), "--out", str(tmp_path)]
@@ -209,6 +210,7 @@ def test_command_line_exit_status(tmp_path):
     assert "kdkeras: error: Expected an existing model file" in proc.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script", ["export/to_onnx.py", "export/int8.py"])
 def test_export_scripts_smoke(script, tmp_path):
     proc = _run([script, "--smoke", "--out", str(tmp_path)])

@@ -335,6 +335,7 @@ def test_several_teachers_need_logit_terms():
         kdkeras.Distiller([mlp(8, "t1"), mlp(8, "t2")], mlp(4, "s"), kdkeras.FeatureDistillation())
 
 
+@pytest.mark.subprocess
 def test_saved_distiller_reloads_compiled_after_import_kdkeras(tmp_path):
     distiller = make(terms=[kdkeras.LogitsDistillation(3.0), kdkeras.DKD()])
     distiller.compile(optimizer=keras.optimizers.SGD(0.05), loss=ce(), metrics=["accuracy"])

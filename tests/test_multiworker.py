@@ -14,6 +14,8 @@ from _worker_env import worker_env  # noqa: E402
 
 from kdkeras.distill import multiworker as _multiworker
 
+pytestmark = pytest.mark.subprocess
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_mw_worker.py")
 TIMEOUT_S = 150

@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import keras
+import pytest
+
+pytestmark = pytest.mark.subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from _worker_env import worker_env
+
+pytestmark = pytest.mark.subprocess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_resume_worker.py")

@@ -23,6 +23,8 @@ from kdkeras.deploy import signatures
 from kdkeras.utils import tables
 from kdkeras.utils.atomic import atomic_write_text
 
+__all__ = ["benchmark", "check_data_fits", "format_results", "write_json"]
+
 
 def _count_params(runner):
     if runner.kind == "keras":
@@ -74,7 +76,7 @@ def _expected_shapes(runner, x):
     if runner.kind == "onnx":
         return [[free(d) for d in i.shape] for i in runner.session.get_inputs()]
     if runner.kind == "tflite":
-        return [[free(d) for d in detail["shape_signature"]] for detail in runner._inputs]
+        return [[free(d) for d in detail["shape_signature"]] for detail in runner.input_details]
     if runner.kind == "keras":
         return [list(s.shape) for s in signatures.input_specs(runner.model, x)]
     return None

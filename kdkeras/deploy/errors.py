@@ -1,5 +1,7 @@
 """The errors of the deployment stage."""
 
+__all__ = ["ConversionError", "ParityError"]
+
 
 class ParityError(RuntimeError):
     """An exported artifact does not match its Keras model.

@@ -42,6 +42,8 @@ from kdkeras.deploy.signatures import input_specs
 from kdkeras.deploy.signatures import random_inputs
 from kdkeras.utils import atomic
 
+__all__ = ["DEFAULT_OPSET", "FORMATS", "export", "gate", "max_onnx_opset", "validate_opset"]
+
 FORMATS = ("keras", "saved_model", "onnx", "tflite")
 DEFAULT_OPSET = 17
 

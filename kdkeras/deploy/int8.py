@@ -41,6 +41,15 @@ from kdkeras.deploy import signatures
 from kdkeras.utils import atomic
 from kdkeras.utils.atomic import atomic_path
 
+__all__ = [
+    "MODES",
+    "compare_runners",
+    "default_settings",
+    "model_kind",
+    "quantize",
+    "quantize_tflite",
+]
+
 MODES = ("static", "dynamic")
 
 

@@ -4,6 +4,8 @@ import re
 
 from kdkeras.utils.atomic import atomic_path
 
+__all__ = ["write_keras"]
+
 
 def write_keras(model, path):
     import zipfile

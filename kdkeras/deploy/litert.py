@@ -3,6 +3,8 @@
 from kdkeras.deploy import runners
 from kdkeras.utils.atomic import atomic_path
 
+__all__ = ["write_litert"]
+
 
 def write_litert(model, path, specs, calibration=None):
     import tensorflow as tf

@@ -7,6 +7,15 @@ import platform
 
 from kdkeras.utils.atomic import atomic_write_text
 
+__all__ = [
+    "MANIFEST_SUFFIX",
+    "failed_path",
+    "file_digest",
+    "io_description",
+    "library_versions",
+    "write_manifest",
+]
+
 MANIFEST_SUFFIX = ".manifest.json"
 
 

@@ -18,6 +18,8 @@ from kdkeras.utils import keras_compat
 from kdkeras.utils.atomic import atomic_path
 from kdkeras.utils.atomic import atomic_write_bytes
 
+__all__ = ["write_onnx"]
+
 
 def _fix_onnx(proto):
     """Rewrites known-unconverted TF ops; names the dynamic batch dimension.
@@ -106,7 +108,7 @@ def _onnx_via_saved_model(model, tmp, specs, opset):
     import tensorflow as tf
 
     tf_loader = runners.require("tf2onnx.tf_loader")
-    convert = runners.require("tf2onnx.convert")
+    runners.require("tf2onnx.convert")
     # tf2onnx 1.17 still uses `np.object` etc. (removed in NumPy 2); Keras
     # ships the patch. Remove once tf2onnx supports NumPy 2.
     keras_compat.patch_tf2onnx_for_numpy2()
@@ -126,7 +128,7 @@ def _onnx_via_saved_model(model, tmp, specs, opset):
             return_tensors_to_rename=True,
         )
         with tf.device("/cpu:0"):
-            convert._convert_common(
+            keras_compat.tf2onnx_convert_graph(
                 graph_def,
                 name=sm,
                 opset=opset,

@@ -5,6 +5,8 @@ import numpy as np
 from kdkeras.deploy import runners
 from kdkeras.deploy.errors import ParityError
 
+__all__ = ["DEFAULT_ATOL", "DEFAULT_BATCH_SIZES", "check_parity", "keras_outputs", "parity_figures"]
+
 DEFAULT_ATOL = 1e-4
 DEFAULT_BATCH_SIZES = (1, 16)
 

@@ -20,6 +20,8 @@ from kdkeras.deploy import runners
 from kdkeras.deploy import signatures
 from kdkeras.deploy.errors import ParityError
 
+__all__ = ["compare", "export_file"]
+
 
 def compare(
     teacher,

@@ -14,6 +14,8 @@ from kdkeras.deploy.bench import format_results
 from kdkeras.utils.atomic import atomic_write_bytes
 from kdkeras.utils.atomic import atomic_write_text
 
+__all__ = ["PLOT_EXTRA_HINT", "load_results", "markdown", "plot", "write_report"]
+
 PLOT_EXTRA_HINT = "Install it with `pip install 'kdkeras[plot]'`."
 
 

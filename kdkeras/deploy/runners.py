@@ -9,6 +9,25 @@ import os
 
 import numpy as np
 
+__all__ = [
+    "EXPORT_EXTRA_HINT",
+    "KerasRunner",
+    "OnnxRunner",
+    "SavedModelRunner",
+    "TFLiteRunner",
+    "as_input_list",
+    "default_threads",
+    "describe_session_options",
+    "detect_format",
+    "interleaved_timings",
+    "load_keras",
+    "load_runner",
+    "onnx_session_options",
+    "require",
+    "run_batched",
+    "take",
+]
+
 EXPORT_EXTRA_HINT = "Install it with `pip install 'kdkeras[export]'`."
 
 
@@ -127,21 +146,21 @@ class TFLiteRunner:
         self.threads = int(threads or default_threads())
         self.interpreter = tf.lite.Interpreter(model_path=self.path, num_threads=self.threads)
         self.interpreter.allocate_tensors()
-        self._inputs = self.interpreter.get_input_details()
+        self.input_details = self.interpreter.get_input_details()
         self._outputs = self.interpreter.get_output_details()
-        self.input_names = [d["name"] for d in self._inputs]
+        self.input_names = [d["name"] for d in self.input_details]
         self.output_names = [d["name"] for d in self._outputs]
-        self._shapes = [tuple(d["shape"]) for d in self._inputs]
+        self._shapes = [tuple(d["shape"]) for d in self.input_details]
 
     def run(self, inputs):
         shapes = [tuple(np.shape(x)) for x in inputs]
         if shapes != self._shapes:
             # LiteRT keeps one allocation per shape: resize only on change.
-            for detail, shape in zip(self._inputs, shapes):
+            for detail, shape in zip(self.input_details, shapes):
                 self.interpreter.resize_tensor_input(detail["index"], shape, strict=False)
             self.interpreter.allocate_tensors()
             self._shapes = shapes
-        for detail, x in zip(self._inputs, inputs):
+        for detail, x in zip(self.input_details, inputs):
             self.interpreter.set_tensor(detail["index"], np.asarray(x, dtype=detail["dtype"]))
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(d["index"]).copy() for d in self._outputs]

@@ -2,6 +2,8 @@
 
 from kdkeras.utils.atomic import atomic_path
 
+__all__ = ["write_saved_model"]
+
 
 def write_saved_model(model, path, specs):
     arg = [specs[0]] if len(specs) == 1 else [list(specs)]

@@ -7,6 +7,8 @@ import numpy as np
 from kdkeras.deploy import runners
 from kdkeras.utils import keras_compat
 
+__all__ = ["check_input_shapes", "check_plain_keras", "input_specs", "random_inputs"]
+
 
 def check_plain_keras(model):
     import keras

@@ -15,6 +15,8 @@ from kdkeras.distill import taps
 from kdkeras.utils import keras_compat
 from kdkeras.utils import tables
 
+__all__ = ["build_adapters", "describe", "make_adapter"]
+
 
 def make_adapter(student_shape, teacher_shape, name=None):
     """A fresh adapter mapping features of `student_shape` to `teacher_shape`.

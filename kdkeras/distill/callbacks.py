@@ -18,6 +18,8 @@ from kdkeras.utils import keras_compat
 from kdkeras.utils.atomic import atomic_path
 from kdkeras.utils.atomic import atomic_write_text
 
+__all__ = ["BackupAndRestore", "TerminateOnNonFinite"]
+
 
 def _as_float(value):
     try:

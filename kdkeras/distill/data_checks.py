@@ -13,6 +13,15 @@ import numpy as np
 from kdkeras.distill import teacher_cache as cache_lib
 from kdkeras.distill.callbacks import TerminateOnNonFinite
 
+__all__ = [
+    "check_finite",
+    "check_fit_data",
+    "check_labels",
+    "check_not_empty",
+    "check_validation_data",
+    "fit_with_checks",
+]
+
 
 def _leaves(value):
     import keras

@@ -14,6 +14,8 @@ from kdkeras.losses import is_finite_number
 from kdkeras.losses import reduce_per_sample
 from kdkeras.utils import keras_compat
 
+__all__ = ["Distiller"]
+
 try:  # keras >= 3.12
     from keras.distillation import DistillationLoss as _AnyDistillationLoss
 except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin

@@ -9,6 +9,8 @@ import keras
 from kdkeras.distill import taps
 from kdkeras.utils import tables
 
+__all__ = ["propose_layer_pairs"]
+
 
 def _shape_of(tensor):
     return taps.free_batch_axis(tensor.shape)

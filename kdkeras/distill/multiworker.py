@@ -32,6 +32,17 @@ import threading
 
 from kdkeras.utils import keras_compat
 
+__all__ = [
+    "AFFECTED_KERAS",
+    "disable_multi_worker_fit",
+    "enable_for_current_strategy",
+    "enable_multi_worker_fit",
+    "is_affected_keras",
+    "is_enabled",
+    "is_multi_worker",
+    "local_tf_configs",
+]
+
 # Half-open range of affected `keras.version()`s: [first, last_exclusive).
 # Raise the upper bound when a newer Keras is confirmed to still fail
 # (tests/test_multiworker.py shows it); lower it to the release with the fix.

@@ -14,6 +14,18 @@ import keras
 
 from kdkeras.utils import keras_compat
 
+__all__ = [
+    "capture",
+    "feature_shapes",
+    "find_layer",
+    "free_batch_axis",
+    "input_spec",
+    "iter_layers",
+    "print_message",
+    "record_calls",
+    "trace",
+]
+
 
 def iter_layers(model):
     """All layers reachable from `model`, depth first, the model excluded."""

@@ -9,6 +9,16 @@ import numpy as np
 
 from kdkeras.utils import keras_compat
 
+__all__ = [
+    "INPUTS_KEY",
+    "TARGETS_KEY",
+    "cache_teacher_outputs",
+    "is_cached",
+    "nondeterministic_ops",
+    "unpack",
+    "unpack_inputs",
+]
+
 INPUTS_KEY = "kdkeras_inputs"
 TARGETS_KEY = "kdkeras_teacher_outputs"
 

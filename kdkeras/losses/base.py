@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+__all__ = ["DistillationLoss", "is_finite_number", "reduce_per_sample"]
+
 try:  # keras >= 3.12
     from keras.distillation import DistillationLoss as _KerasDistillationLoss
 except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin

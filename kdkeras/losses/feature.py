@@ -10,6 +10,16 @@ from keras import ops
 
 from kdkeras.losses.base import DistillationLoss
 
+__all__ = [
+    "AttentionTransfer",
+    "FeatureDistillation",
+    "FeatureTerm",
+    "attention_map",
+    "attention_transfer_loss",
+    "hint_loss",
+    "l2_normalize_rows",
+]
+
 
 def _per_sample(values):
     """Mean over every axis but the first: `(batch, ...) -> (batch,)`."""

@@ -18,6 +18,16 @@ from keras import ops
 from kdkeras.losses.feature import FeatureTerm
 from kdkeras.losses.feature import l2_normalize_rows
 
+__all__ = [
+    "PKT",
+    "RKD",
+    "SimilarityPreserving",
+    "pkt_loss",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "similarity_preserving_loss",
+]
+
 
 def _flatten(features):
     x = ops.cast(features, "float32")

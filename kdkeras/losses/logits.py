@@ -13,6 +13,17 @@ from keras import ops
 from kdkeras.losses.base import DistillationLoss
 from kdkeras.losses.base import is_finite_number
 
+__all__ = [
+    "DIST",
+    "DKD",
+    "LogitsDistillation",
+    "dist_loss",
+    "dkd_loss",
+    "ensemble_logits",
+    "kd_loss",
+    "soft_cross_entropy",
+]
+
 _KL_NAMES = ("kl_divergence", "kld", "kullback_leibler_divergence")
 _REVERSE_KL_NAMES = ("reverse_kl_divergence", "reverse_kld")
 _CE_NAMES = ("categorical_crossentropy",)

@@ -11,6 +11,8 @@ classes as the teacher, with no kdkeras object inside.
 import keras
 from keras import tree
 
+from kdkeras.utils import keras_compat
+
 
 def functional_graph(model, arg="model"):
     """Returns the Functional graph to walk for `model`.
@@ -39,8 +41,9 @@ def functional_graph(model, arg="model"):
 def topological_nodes(graph):
     """Returns the graph's layer-call nodes, each after the nodes it uses."""
     nodes = []
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
+    by_depth = keras_compat.nodes_by_depth(graph)
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
             if node.operation is not None and not node.is_input:
                 nodes.append(node)
     return nodes
@@ -48,7 +51,7 @@ def topological_nodes(graph):
 
 def producer_of(tensor):
     """Returns the layer that produced a symbolic tensor."""
-    return tensor._keras_history.operation
+    return keras_compat.keras_history(tensor).operation
 
 
 def last_dim(tensor):
@@ -127,8 +130,8 @@ class Rebuild:
                 tensors[id(x)] = y
         outputs = [tensors[id(self._resolve(x))] for x in graph.outputs]
         new_model = keras.Model(
-            inputs=tree.pack_sequence_as(graph._inputs_struct, new_inputs),
-            outputs=tree.pack_sequence_as(graph._outputs_struct, outputs),
+            inputs=tree.pack_sequence_as(keras_compat.inputs_struct(graph), new_inputs),
+            outputs=tree.pack_sequence_as(keras_compat.outputs_struct(graph), outputs),
             name=self.model.name,
         )
         for layer, weights in self._pending:

@@ -14,6 +14,8 @@ from keras import tree
 
 from kdkeras.transfer import _graph
 
+__all__ = ["Block", "find_blocks", "keep_blocks", "keep_blocks_report"]
+
 
 class Block:
     """One removable block of a model, as found by `find_blocks`.

@@ -13,6 +13,8 @@ import numpy as np
 
 from kdkeras.transfer import _graph
 
+__all__ = ["energy_rank", "factors", "low_rank", "low_rank_report"]
+
 _FACTORABLE = {"Dense", "Conv1D", "Conv2D", "Conv3D"}
 
 

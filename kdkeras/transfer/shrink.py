@@ -5,6 +5,8 @@ from kdkeras.transfer.depth import keep_blocks_report
 from kdkeras.transfer.low_rank import low_rank_report
 from kdkeras.transfer.width import prune_width_report
 
+__all__ = ["shrink"]
+
 
 def shrink(
     teacher,

@@ -19,6 +19,8 @@ from keras import tree
 from kdkeras.transfer import _graph
 from kdkeras.utils import keras_compat
 
+__all__ = ["SCORINGS", "prune_width", "prune_width_report"]
+
 _POOLING = {
     f"{kind}Pooling{d}D"
     for kind in ("Max", "Average", "GlobalMax", "GlobalAverage")

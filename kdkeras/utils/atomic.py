@@ -11,6 +11,15 @@ import os
 import shutil
 import tempfile
 
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "discard",
+    "publish",
+    "staging_path",
+]
+
 
 def _tmp_name(path, is_dir):
     folder = os.path.dirname(os.path.abspath(path)) or "."

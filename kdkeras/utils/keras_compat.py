@@ -1,4 +1,4 @@
-"""Every use of a Keras (or TensorFlow) private name in kdkeras, in one place.
+"""Every use of a private name of Keras, TensorFlow or tf2onnx in kdkeras, in one place.
 
 Checked against Keras 3.12 to 3.15.1 and TensorFlow 2.16 to 2.21 (the range
 in `pyproject.toml`; `tests/test_architecture.py` scans the rest of the
@@ -6,6 +6,27 @@ package for private names). When a Keras release renames one of these, this
 module is the only one to change. Each function says what it reads and why
 no public API serves.
 """
+
+__all__ = [
+    "KERAS_RANGE",
+    "build_shapes",
+    "compiled_loss",
+    "dataset_graph_def",
+    "flatten_layers",
+    "in_multi_worker_mode",
+    "inbound_node_count",
+    "inputs_struct",
+    "keras_history",
+    "keras_version",
+    "loss_tracker",
+    "nodes_by_depth",
+    "outputs_struct",
+    "patch_tf2onnx_for_numpy2",
+    "set_initial_epoch",
+    "swap_trainer_functions",
+    "symbolic_build",
+    "tf2onnx_convert_graph",
+]
 
 KERAS_RANGE = ((3, 12), (3, 16))  # [first, last_exclusive), as in pyproject.toml
 
@@ -109,6 +130,32 @@ def swap_trainer_functions(maybe_symbolic_build, reduce_per_replica):
 def symbolic_build(model, data_batch):
     """Builds a model's metrics and optimizer variables from one batch, as `fit` does."""
     model._symbolic_build(data_batch=data_batch)
+
+
+def nodes_by_depth(model):
+    """A Functional model's `{depth: [nodes]}`: its layer calls in dependency order."""
+    return model._nodes_by_depth
+
+
+def keras_history(tensor):
+    """The `(operation, node_index, tensor_index)` that produced a symbolic tensor."""
+    return tensor._keras_history
+
+
+def outputs_struct(model):
+    """The nested structure of a Functional model's outputs (dict, list or tensor)."""
+    return model._outputs_struct
+
+
+def tf2onnx_convert_graph(graph_def, **kwargs):
+    """tf2onnx's GraphDef conversion, what `python -m tf2onnx.convert --saved-model` runs.
+
+    `tf2onnx.convert.from_graph_def` cannot take the initialized tables and
+    tensor renames that a SavedModel brings, so the CLI's own helper is used.
+    """
+    from tf2onnx import convert
+
+    return convert._convert_common(graph_def, **kwargs)
 
 
 def in_multi_worker_mode(strategy):

@@ -1,5 +1,7 @@
 """The one table formatter: rows as a Markdown table or aligned plain text."""
 
+__all__ = ["format_cell", "format_table"]
+
 
 def format_cell(value):
     """A table cell: `-` for `None`, floats to 4 significant digits, ints with commas."""
