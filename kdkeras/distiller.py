@@ -9,6 +9,7 @@ from kdkeras import cache as cache_lib
 from kdkeras import checks
 from kdkeras import taps
 from kdkeras.losses.base import DistillationLoss
+from kdkeras.losses.base import WrongTypeError
 from kdkeras.losses.base import is_finite_number
 from kdkeras.losses.base import reduce_per_sample
 from kdkeras.losses.logits import ensemble_logits
@@ -152,12 +153,12 @@ class Distiller(keras.Model):
         for i, t in enumerate(teachers):
             if not isinstance(t, keras.Model):
                 where = f"teacher[{i}]" if len(teachers) > 1 else "teacher"
-                raise TypeError(
+                raise WrongTypeError(
                     f"Expected `{where}` to be a keras.Model. "
                     f"Received: {where}={t!r}"
                 )
         if not isinstance(student, keras.Model):
-            raise TypeError(
+            raise WrongTypeError(
                 f"Expected `student` to be a keras.Model. Received: student={student!r}"
             )
         if any(t is student for t in teachers):

@@ -12,6 +12,8 @@ import logging
 
 import keras
 
+from kdkeras.losses.base import WrongTypeError
+
 
 def iter_layers(model):
     """All layers reachable from `model`, depth first, the model excluded."""
@@ -53,7 +55,8 @@ def find_layer(model, layer, role="model"):
             )
         wanted = repr(layer)
     else:
-        raise TypeError(
+        # keras.distillation raises ValueError for such a layer name.
+        raise WrongTypeError(
             "Expected a layer name or a keras.layers.Layer. "
             f"Received: {role}_layer_name={layer!r}"
         )

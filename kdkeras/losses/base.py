@@ -11,6 +11,15 @@ except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin
     _KerasDistillationLoss = object
 
 
+class WrongTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a `TypeError` that is also a `ValueError`.
+
+    `keras.distillation` raises `ValueError` for some arguments of the wrong
+    type (a teacher that is no `keras.Model`, ...); kdkeras raises this for
+    them, so code written against either library catches it.
+    """
+
+
 def is_finite_number(value):
     """Whether `value` is a finite int or float (a bool is not a number here)."""
     return (
