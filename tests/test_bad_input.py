@@ -121,6 +121,21 @@ def test_wrong_types():
         kdkeras.Distiller(_teacher(), _student(), ["kd"])
 
 
+@pytest.mark.parametrize("error", [TypeError, ValueError])
+def test_wrong_types_keras_distillation_reports_as_value_errors(error):
+    # keras.distillation raises ValueError for these: code written for it,
+    # and for kdkeras's TypeError, both catch them.
+    with pytest.raises(error, match="Expected `teacher` to be a keras.Model. Received: teacher="):
+        kdkeras.Distiller("teacher.keras", _student(), kdkeras.LogitsDistillation())
+    with pytest.raises(error, match=r"Received: teacher\[1\]="):
+        kdkeras.Distiller([_teacher(), None], _student(), kdkeras.LogitsDistillation())
+    with pytest.raises(error, match="Received: student="):
+        kdkeras.Distiller(_teacher(), "student.keras", kdkeras.LogitsDistillation())
+    term = kdkeras.FeatureDistillation(teacher_layer_name=3, student_layer_name="s_hidden")
+    with pytest.raises(error, match="Received: teacher_layer_name=3"):
+        kdkeras.Distiller(_teacher(), _student(), term)
+
+
 # ---------------------------------------------------- data, before fit
 
 

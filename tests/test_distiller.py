@@ -207,6 +207,73 @@ def test_logs_name_each_term_and_evaluate_matches_numpy():
     assert result["teacher_agreement"] == pytest.approx(agree, rel=1e-6)
 
 
+def test_keras_log_names_total_loss_and_distillation_loss_by_hand():
+    # keras.distillation's names: total_loss equals loss, distillation_loss is
+    # sum_i(weight_i * term_i), so loss = a * student_loss + (1 - a) * it.
+    alpha, temperature = 0.4, 3.0
+    terms = [kdkeras.LogitsDistillation(temperature), kdkeras.DKD(temperature=temperature)]
+    distiller = make(student_loss_weight=alpha, terms=terms, distillation_loss_weights=[1.0, 0.5])
+    # A learning rate of 0: every batch sees the initial weights.
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), loss=ce())
+    t = distiller.teacher(X, training=False).numpy().astype("float64")
+    s = distiller.student(X, training=False).numpy().astype("float64")
+
+    def by_hand(sw):
+        gt = (sw * np_ce(s, Y)).mean()
+        kd = (sw * np.asarray(losses.kd_loss(t, s, temperature))).mean()
+        dkd = (sw * np.asarray(losses.dkd_loss(t, s, Y, temperature=temperature))).mean()
+        return gt, kd + 0.5 * dkd
+
+    history = distiller.fit(
+        X, Y, validation_data=(X, Y), epochs=2, batch_size=8, shuffle=False, verbose=0
+    ).history
+    gt, distill = by_hand(np.ones(len(X)))
+    for prefix in ("", "val_"):
+        assert history[prefix + "total_loss"] == history[prefix + "loss"]
+        for epoch in range(2):
+            logs = {k[len(prefix) :]: v[epoch] for k, v in history.items() if k.startswith(prefix)}
+            assert logs["student_loss"] == pytest.approx(gt, rel=1e-5)
+            assert logs["distillation_loss"] == pytest.approx(distill, rel=1e-5)
+            assert logs["distillation_loss"] == pytest.approx(
+                logs["logits_distillation_loss"] + 0.5 * logs["dkd_loss"], rel=1e-5
+            )
+            assert logs["loss"] == pytest.approx(alpha * gt + (1 - alpha) * distill, rel=1e-5)
+
+    result = distiller.evaluate(X, Y, sample_weight=SW, batch_size=8, return_dict=True, verbose=0)
+    gt, distill = by_hand(SW)
+    assert result["total_loss"] == result["loss"]
+    assert result["distillation_loss"] == pytest.approx(distill, rel=1e-5)
+    assert result["loss"] == pytest.approx(alpha * gt + (1 - alpha) * distill, rel=1e-5)
+    # Proper metrics: reset each epoch with the others.
+    names = [m.name for m in distiller.metrics]
+    assert {"total_loss", "distillation_loss", "student_loss"} <= set(names)
+
+    unlabeled = distiller.evaluate(X, batch_size=8, return_dict=True, verbose=0)
+    assert unlabeled["total_loss"] == unlabeled["loss"]
+    assert unlabeled["distillation_loss"] == pytest.approx(
+        unlabeled["logits_distillation_loss"] + 0.5 * unlabeled["dkd_loss"], rel=1e-5
+    )
+    assert unlabeled["loss"] == pytest.approx(
+        (1 - alpha) * unlabeled["distillation_loss"], rel=1e-5
+    )
+
+
+def test_terms_named_like_the_distillers_own_logs_get_a_suffix():
+    class Distillation(kdkeras.DistillationLoss):  # logged as distillation_loss_1
+        def call(self, teacher_outputs, student_outputs, y=None):
+            return keras.ops.mean(keras.ops.abs(teacher_outputs - student_outputs), axis=-1)
+
+    terms = [Distillation(), kdkeras.LogitsDistillation(name="total_loss")]
+    distiller = make(terms=terms)
+    assert distiller.term_names == ["distillation_loss_1", "total_loss_1"]
+    distiller.compile(optimizer="sgd", loss=ce())
+    logs = distiller.evaluate(X, Y, return_dict=True, verbose=0)
+    assert logs["total_loss"] == logs["loss"]
+    assert logs["distillation_loss"] == pytest.approx(
+        logs["distillation_loss_1"] + logs["total_loss_1"], rel=1e-5
+    )
+
+
 def test_evaluate_updates_no_batchnorm_statistic():
     student = mlp(4, "student", batchnorm=True, dropout=0.5, seed=2)
     distiller = make(student=student)
@@ -265,10 +332,11 @@ def test_sequence_mask_on_a_term_with_one_value_per_sample_is_a_clear_error():
         losses.reduce_per_sample(tf.ones((2,)), mask)
 
 
-def test_mirrored_strategy_step_equals_single_device_step():
+def test_mirrored_strategy_step_and_logs_equal_single_device_ones():
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) >= 2, "conftest configures two logical CPU devices"
     lr = 0.5
+    logs = {}
 
     def one_step(strategy):
         with strategy.scope():
@@ -286,15 +354,41 @@ def test_mirrored_strategy_step_equals_single_device_step():
                 student_loss_weight=0.3,
             )
             distiller.compile(optimizer=keras.optimizers.SGD(lr), loss=ce())
-        distiller.fit(X, Y, sample_weight=SW, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        history = distiller.fit(
+            X,
+            Y,
+            sample_weight=SW,
+            batch_size=16,
+            epochs=1,
+            shuffle=False,
+            validation_data=(X, Y, SW),
+            verbose=0,
+        )
+        logs[strategy] = {k: v[0] for k, v in history.history.items()}
         return [w.numpy() for w in student.trainable_variables]
 
-    single = one_step(tf.distribute.get_strategy())
-    mirrored = one_step(tf.distribute.MirroredStrategy([d.name for d in devices[:2]]))
+    single_strategy = tf.distribute.get_strategy()
+    mirrored_strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    single = one_step(single_strategy)
+    mirrored = one_step(mirrored_strategy)
     init = [w.numpy() for w in mlp(4, "student", seed=2).trainable_variables]
     assert any(np.abs(a - b).max() > 1e-3 for a, b in zip(single, init))  # it moved
     for a, b in zip(single, mirrored):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    # Every log, Keras's names included, is reduced across the replicas.
+    want, got = logs[single_strategy], logs[mirrored_strategy]
+    assert {"total_loss", "distillation_loss", "val_total_loss", "val_distillation_loss"} <= set(
+        got
+    )
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-5), key
+    for prefix in ("", "val_"):
+        assert got[prefix + "total_loss"] == got[prefix + "loss"]
+        assert got[prefix + "distillation_loss"] == pytest.approx(
+            got[prefix + "logits_distillation_loss"] + got[prefix + "feature_distillation_loss"],
+            rel=1e-5,
+        )
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

@@ -9,6 +9,7 @@ from kdkeras.distill import multiworker
 from kdkeras.distill import taps
 from kdkeras.distill import teacher_cache as cache_lib
 from kdkeras.losses import DistillationLoss
+from kdkeras.losses import WrongTypeError
 from kdkeras.losses import ensemble_logits
 from kdkeras.losses import is_finite_number
 from kdkeras.losses import reduce_per_sample
@@ -29,6 +30,10 @@ def _snake(name):
             out.append("_")
         out.append(ch.lower())
     return "".join(out)
+
+
+# Logged by every Distiller; a term named like one of these gets a suffix.
+_OWN_LOG_NAMES = ("loss", "total_loss", "student_loss", "distillation_loss", "teacher_agreement")
 
 
 def _replica_count():
@@ -72,7 +77,11 @@ class Distiller(keras.Model):
     Logs carry `loss`, `student_loss` (the ground-truth term), one entry per
     distillation term (for example `logits_distillation_loss`),
     `teacher_agreement` (share of samples whose argmax equals the teacher's)
-    and the compiled metrics. `evaluate()` runs both models in inference
+    and the compiled metrics; and, under `keras.distillation`'s names,
+    `total_loss` (equal to `loss`) and `distillation_loss`
+    (`sum_i(weight_i * term_i)`, so that `loss = student_loss_weight *
+    student_loss + (1 - student_loss_weight) * distillation_loss`, plus
+    regularization losses). `evaluate()` runs both models in inference
     mode, so it updates no BatchNorm statistic.
 
     The teacher is frozen: `teacher.trainable` is set to `False`, and its
@@ -145,9 +154,11 @@ class Distiller(keras.Model):
         for i, t in enumerate(teachers):
             if not isinstance(t, keras.Model):
                 where = f"teacher[{i}]" if len(teachers) > 1 else "teacher"
-                raise TypeError(f"Expected `{where}` to be a keras.Model. Received: {where}={t!r}")
+                raise WrongTypeError(
+                    f"Expected `{where}` to be a keras.Model. Received: {where}={t!r}"
+                )
         if not isinstance(student, keras.Model):
-            raise TypeError(
+            raise WrongTypeError(
                 f"Expected `student` to be a keras.Model. Received: student={student!r}"
             )
         if any(t is student for t in teachers):
@@ -241,7 +252,9 @@ class Distiller(keras.Model):
             self._student_taps,
         )
 
-        names, seen = [], {}
+        # Term names that would clash with the Distiller's own logs, or with
+        # each other, get a numbered suffix.
+        names, seen = [], {name: 1 for name in _OWN_LOG_NAMES}
         for term in losses:
             base = getattr(term, "name", None) or f"{_snake(type(term).__name__)}_loss"
             count = seen.get(base, 0)
@@ -249,6 +262,10 @@ class Distiller(keras.Model):
             names.append(base if count == 0 else f"{base}_{count}")
         self.term_names = names
         self._student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        # keras.distillation's names: total_loss (= loss) and
+        # distillation_loss (sum_i weight_i * term_i).
+        self._total_loss_tracker = keras.metrics.Mean(name="total_loss")
+        self._distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self._term_trackers = [keras.metrics.Mean(name=n) for n in names]
         self._agreement_tracker = keras.metrics.Mean(name="teacher_agreement")
         if student.built and all(t.built for t in teachers):
@@ -415,7 +432,11 @@ class Distiller(keras.Model):
         return ops.cast(value, "float32")
 
     def _objective(self, x, y, sample_weight, targets, y_pred, s_features):
-        """Returns `(total, ground_truth, [term values])`, replica-scaled."""
+        """Returns `(total, ground_truth, distill, [term values])`, replica-scaled.
+
+        `distill` is `sum_i(weight_i * term_i)`, before the factor
+        `1 - student_loss_weight`.
+        """
         ground_truth = None
         compiled_loss = keras_compat.compiled_loss(self)
         if y is not None and compiled_loss is not None:
@@ -439,7 +460,7 @@ class Distiller(keras.Model):
         regularization = [ops.sum(ops.cast(l, "float32")) for owner in owners for l in owner.losses]
         if regularization:
             total = total + _scale_for_replicas(ops.sum(regularization))
-        return total, ground_truth, terms
+        return total, ground_truth, distill, terms
 
     def _agreement(self, targets, y_pred, sample_weight):
         outs = targets["outputs"]
@@ -458,12 +479,15 @@ class Distiller(keras.Model):
         )
         return reduce_per_sample(equal, sample_weight)
 
-    def _update_trackers(self, x, total, ground_truth, terms, agreement):
+    def _update_trackers(self, x, total, ground_truth, distill, terms, agreement):
         import tensorflow as tf
 
         batch = tf.shape(keras.tree.flatten(x)[0])[0]
-        keras_compat.loss_tracker(self).update_state(
-            _unscale_for_replicas(total), sample_weight=batch
+        total = _unscale_for_replicas(total)
+        keras_compat.loss_tracker(self).update_state(total, sample_weight=batch)
+        self._total_loss_tracker.update_state(total, sample_weight=batch)
+        self._distillation_loss_tracker.update_state(
+            _unscale_for_replicas(distill), sample_weight=batch
         )
         if ground_truth is not None:
             self._student_loss_tracker.update_state(
@@ -483,7 +507,7 @@ class Distiller(keras.Model):
 
             with tf.GradientTape() as tape:
                 y_pred, s_features = self._student_forward(x, training=True)
-                total, ground_truth, terms = self._objective(
+                total, ground_truth, distill, terms = self._objective(
                     x, y, sample_weight, targets, y_pred, s_features
                 )
                 scaled = self.optimizer.scale_loss(total)
@@ -492,15 +516,21 @@ class Distiller(keras.Model):
             self.optimizer.apply_gradients(zip(gradients, variables))
         else:
             y_pred, s_features = self._student_forward(x, training=False)
-            total, ground_truth, terms = self._objective(
+            total, ground_truth, distill, terms = self._objective(
                 x, y, sample_weight, targets, y_pred, s_features
             )
         agreement = self._agreement(targets, y_pred, sample_weight)
-        self._update_trackers(x, total, ground_truth, terms, agreement)
+        self._update_trackers(x, total, ground_truth, distill, terms, agreement)
         if y is not None:
             return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         # Unlabeled batches: leave out the metrics that need labels.
-        trackers = [keras_compat.loss_tracker(self), self._agreement_tracker, *self._term_trackers]
+        trackers = [
+            keras_compat.loss_tracker(self),
+            self._total_loss_tracker,
+            self._distillation_loss_tracker,
+            self._agreement_tracker,
+            *self._term_trackers,
+        ]
         return {tracker.name: tracker.result() for tracker in trackers}
 
     def train_step(self, data):

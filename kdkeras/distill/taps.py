@@ -12,6 +12,7 @@ import logging
 
 import keras
 
+from kdkeras.losses import WrongTypeError
 from kdkeras.utils import keras_compat
 
 __all__ = [
@@ -67,7 +68,8 @@ def find_layer(model, layer, role="model"):
             )
         wanted = repr(layer)
     else:
-        raise TypeError(
+        # keras.distillation raises ValueError for such a layer name.
+        raise WrongTypeError(
             f"Expected a layer name or a keras.layers.Layer. Received: {role}_layer_name={layer!r}"
         )
     raise ValueError(

@@ -1,6 +1,7 @@
 """Distillation terms: pure `keras.ops` functions and thin classes."""
 
 from kdkeras.losses.base import DistillationLoss
+from kdkeras.losses.base import WrongTypeError
 from kdkeras.losses.base import is_finite_number
 from kdkeras.losses.base import reduce_per_sample
 from kdkeras.losses.feature import AttentionTransfer
@@ -34,6 +35,7 @@ __all__ = [
     "PKT",
     "RKD",
     "SimilarityPreserving",
+    "WrongTypeError",
     "attention_map",
     "attention_transfer_loss",
     "dist_loss",

@@ -5,12 +5,21 @@ import math
 import keras
 from keras import ops
 
-__all__ = ["DistillationLoss", "is_finite_number", "reduce_per_sample"]
+__all__ = ["DistillationLoss", "WrongTypeError", "is_finite_number", "reduce_per_sample"]
 
 try:  # keras >= 3.12
     from keras.distillation import DistillationLoss as _KerasDistillationLoss
 except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin
     _KerasDistillationLoss = object
+
+
+class WrongTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a `TypeError` that is also a `ValueError`.
+
+    `keras.distillation` raises `ValueError` for some arguments of the wrong
+    type (a teacher that is no `keras.Model`, ...); kdkeras raises this for
+    them, so code written against either library catches it.
+    """
 
 
 def is_finite_number(value):
