@@ -1,8 +1,9 @@
 """Every use of a private name of Keras, TensorFlow or tf2onnx in kdkeras, in one place.
 
-Checked against Keras 3.12 to 3.15.1 and TensorFlow 2.16 to 2.21 (the range
-in `pyproject.toml`; `tests/test_architecture.py` scans the rest of the
-package for private names). When a Keras release renames one of these, this
+Tested on Keras 3.15.1, TensorFlow 2.21 and tf2onnx 1.17; `pyproject.toml`
+declares Keras >= 3.12, < 3.16, and `tests/test_architecture.py` checks the
+installed Keras against that range and scans the rest of the package for
+private names. When a Keras release renames one of these, this
 module is the only one to change. Each function says what it reads and why
 no public API serves.
 """
