@@ -4,7 +4,7 @@ Modules: `distiller` (the `Distiller`), `taps` (intermediate outputs during
 the single forward pass), `layer_pairs` (`propose_layer_pairs`), `adapters`
 (student features mapped to the teacher's shapes), `teacher_cache` (teacher
 outputs computed once), `data_checks` (bad input caught before `fit`),
-`callbacks` (`BackupAndRestore`, `TerminateOnNonFinite`), `multiworker` (the
+`callbacks` (`BackupAndRestore`, `TerminateOnNonFinite`, `Schedule`, `Warmup`), `views` (augmentation and mixup applied once for both models), `multiworker` (the
 `MultiWorkerMirroredStrategy` fix).
 
 Imports `kdkeras.losses` and `kdkeras.utils`; never `kdkeras.deploy` or
@@ -14,7 +14,9 @@ Imports `kdkeras.losses` and `kdkeras.utils`; never `kdkeras.deploy` or
 from kdkeras.distill import callbacks
 from kdkeras.distill.adapters import make_adapter
 from kdkeras.distill.callbacks import BackupAndRestore
+from kdkeras.distill.callbacks import Schedule
 from kdkeras.distill.callbacks import TerminateOnNonFinite
+from kdkeras.distill.callbacks import Warmup
 from kdkeras.distill.data_checks import check_finite
 from kdkeras.distill.distiller import Distiller
 from kdkeras.distill.layer_pairs import propose_layer_pairs
@@ -24,7 +26,9 @@ from kdkeras.distill.taps import find_layer
 __all__ = [
     "BackupAndRestore",
     "Distiller",
+    "Schedule",
     "TerminateOnNonFinite",
+    "Warmup",
     "callbacks",
     "check_finite",
     "enable_multi_worker_fit",

@@ -18,7 +18,7 @@ from kdkeras.utils import keras_compat
 from kdkeras.utils.atomic import atomic_path
 from kdkeras.utils.atomic import atomic_write_text
 
-__all__ = ["BackupAndRestore", "TerminateOnNonFinite"]
+__all__ = ["BackupAndRestore", "Schedule", "TerminateOnNonFinite", "Warmup"]
 
 
 def _as_float(value):
@@ -50,6 +50,11 @@ class TerminateOnNonFinite(keras.callbacks.Callback):
     model.fit(x, y, callbacks=[kdkeras.callbacks.TerminateOnNonFinite()])
     ```
     """
+
+    # Keras dispatches the batch-end check to a worker thread: the training
+    # loop never waits for it (the host sync of reading the logs happens off
+    # the main thread); an error surfaces at the next step or the epoch end.
+    async_safe = True
 
     def __init__(self):
         super().__init__()
@@ -217,3 +222,146 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         for entry in os.listdir(folder):
             if entry.endswith(".weights.h5") and entry not in keep and not entry.startswith("."):
                 os.remove(os.path.join(folder, entry))
+
+
+_TARGETS = ("student_loss_weight", "distillation_loss_weights", "temperatures")
+
+
+def _parse_target(target):
+    name, index = target, None
+    if isinstance(target, str) and target.endswith("]") and "[" in target:
+        name, _, rest = target.partition("[")
+        index = int(rest[:-1]) if rest[:-1].isdigit() else -1
+    if name not in _TARGETS or (index is not None and index < 0):
+        raise ValueError(
+            f"Expected `target` to be one of {list(_TARGETS)}, optionally with a "
+            "term index (`'temperatures[0]'`). Received: "
+            f"target={target!r}"
+        )
+    return name, index
+
+
+class Schedule(keras.callbacks.Callback):
+    """Sets a `Distiller`'s loss weights or temperatures at every epoch start.
+
+    The values live in variables that the compiled training step reads
+    (`Distiller.schedule_variables`), so a change reaches the very next step
+    without retracing.
+
+    Args:
+        target: `"student_loss_weight"`, `"distillation_loss_weights"` or
+            `"temperatures"` (every term that has one), or one term's:
+            `"distillation_loss_weights[1]"`, `"temperatures[0]"`.
+        schedule: a function `(epoch, initial) -> value`: `epoch` counts
+            from 0, `initial` is the value the Distiller was built with.
+        verbose: print each change. Defaults to 0.
+
+    Example:
+
+    ```python
+    # Anneal the temperature from 8 to 2 over 30 epochs.
+    anneal = kdkeras.callbacks.Schedule(
+        "temperatures", lambda epoch, t0: max(2.0, t0 - 6.0 * epoch / 30)
+    )
+    distiller.fit(x, y, epochs=30, callbacks=[anneal])
+    ```
+    """
+
+    def __init__(self, target, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(
+                "Expected `schedule` to be a function (epoch, initial) -> value. "
+                f"Received: schedule={schedule!r}"
+            )
+        self.target = target
+        self.schedule = schedule
+        self.verbose = verbose
+        self._name, self._index = _parse_target(target)
+
+    def _pairs(self):
+        """`(variable, initial value)` for each variable the target names."""
+        model = self.model
+        if not hasattr(model, "schedule_variables"):
+            raise ValueError(
+                "Expected the model to be a kdkeras.Distiller (schedules change "
+                f"its loss weights). Received: a {type(model).__name__}"
+            )
+        variables = model.schedule_variables[self._name]
+        if self._name == "student_loss_weight":
+            return [(variables, model.student_loss_weight)]
+        initial = (
+            model.distillation_loss_weights
+            if self._name == "distillation_loss_weights"
+            else [getattr(t, "temperature", None) for t in model.distillation_losses]
+        )
+        pairs = [(v, i) for v, i in zip(variables, initial) if v is not None]
+        if self._index is not None:
+            if self._index >= len(variables) or variables[self._index] is None:
+                raise ValueError(
+                    f"Expected a term index with a {self._name[:-1].replace('_', ' ')} "
+                    f"(0 to {len(variables) - 1}). Received: target={self.target!r}"
+                )
+            pairs = [(variables[self._index], initial[self._index])]
+        return pairs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for variable, initial in self._pairs():
+            value = self.schedule(epoch, initial)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(
+                    f"Expected the schedule of {self.target!r} to return a finite "
+                    f"number. Received: {value!r} at epoch {epoch + 1}"
+                )
+            if self._name == "student_loss_weight" and not 0 <= value <= 1:
+                raise ValueError(
+                    f"Expected a student_loss_weight in [0, 1] from the schedule. "
+                    f"Received: {value!r} at epoch {epoch + 1}"
+                )
+            if self._name == "temperatures" and value <= 0:
+                raise ValueError(
+                    f"Expected a temperature > 0 from the schedule. Received: "
+                    f"{value!r} at epoch {epoch + 1}"
+                )
+            if self._name == "distillation_loss_weights" and value < 0:
+                raise ValueError(
+                    f"Expected a distillation loss weight >= 0 from the schedule. "
+                    f"Received: {value!r} at epoch {epoch + 1}"
+                )
+            variable.assign(float(value))
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: {variable.name} = {float(value):.4g}")
+
+    def get_config(self):
+        return {"target": self.target, "verbose": self.verbose}
+
+
+class Warmup(Schedule):
+    """Ramps distillation terms in linearly over the first epochs (DKD's warm-up).
+
+    Epoch `e` (from 0) uses `initial * min((e + 1) / epochs, 1)`: mdistiller
+    ramps DKD in over 20 epochs, without which DKD with `beta=8` is unstable
+    early.
+
+    Args:
+        epochs: the length of the ramp. Defaults to 20.
+        target: what to ramp. Defaults to `"distillation_loss_weights"`.
+        verbose: print each change. Defaults to 0.
+
+    Reference:
+        Zhao et al. Decoupled Knowledge Distillation. CVPR 2022.
+        https://arxiv.org/abs/2203.08679
+    """
+
+    def __init__(self, epochs=20, target="distillation_loss_weights", verbose=0):
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(
+                f"Expected `epochs` to be an integer >= 1. Received: epochs={epochs!r}"
+            )
+        self.epochs = epochs
+        super().__init__(
+            target, lambda epoch, initial: initial * min((epoch + 1) / epochs, 1.0), verbose
+        )
+
+    def get_config(self):
+        return {"epochs": self.epochs, "target": self.target, "verbose": self.verbose}

@@ -11,6 +11,7 @@ declared size. Datasets are watched during training instead, by
 import numpy as np
 
 from kdkeras.distill import teacher_cache as cache_lib
+from kdkeras.distill import views as views_lib
 from kdkeras.distill.callbacks import TerminateOnNonFinite
 
 __all__ = [
@@ -178,6 +179,9 @@ def check_fit_data(distiller, x, y=None, sample_weight=None, name="x"):
     inputs, targets = cache_lib.unpack(x) if isinstance(x, dict) else (x, None)
     check_finite(inputs, name)
     if targets is not None:
+        views = getattr(distiller, "augment", None), getattr(distiller, "mixup", None)
+        if name == "x" and any(v is not None for v in views):
+            raise ValueError(views_lib.CACHE_MESSAGE + f" Received: cached inputs for {name}")
         check_finite(targets, "the cached teacher outputs")
     if y is not None:
         check_finite(y, "y")

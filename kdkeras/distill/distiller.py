@@ -8,6 +8,7 @@ from kdkeras.distill import data_checks
 from kdkeras.distill import multiworker
 from kdkeras.distill import taps
 from kdkeras.distill import teacher_cache as cache_lib
+from kdkeras.distill import views as views_lib
 from kdkeras.losses import DistillationLoss
 from kdkeras.losses import WrongTypeError
 from kdkeras.losses import ensemble_logits
@@ -104,6 +105,21 @@ class Distiller(keras.Model):
             Defaults to 0.5.
         teacher_weights: with several teachers, one non-negative weight per
             teacher for averaging their soft targets. Defaults to equal.
+        augment: a Keras layer or model (for example a `keras.Sequential` of
+            `RandomTranslation`, `RandomRotation`, `RandomZoom`,
+            `RandomFlip`), or a callable `x -> x`, applied to every training
+            batch once, inside the training step, before the teacher and the
+            student run: both see the same view. Training only; `evaluate`
+            and `predict` see the inputs as they are. Defaults to `None`.
+        mixup: `alpha` of mixup: each training batch is mixed with a
+            permutation of itself after augmentation, `lam ~ Beta(alpha,
+            alpha)` per batch; the teacher scores the mixed inputs, the
+            ground-truth loss becomes `lam * loss(y) + (1 - lam) *
+            loss(y[perm])` and sample weights mix like the inputs. Defaults
+            to `None` (no mixup).
+        seed: seed of the mixup draws. Defaults to `None` (Keras's global
+            seed: `keras.utils.set_random_seed` makes runs repeatable).
+            Augmentation layers take their own `seed=`.
         name: the model's name. Defaults to `"distiller"`.
         **kwargs: passed to `keras.Model`.
 
@@ -138,6 +154,9 @@ class Distiller(keras.Model):
         distillation_loss_weights=None,
         student_loss_weight=0.5,
         teacher_weights=None,
+        augment=None,
+        mixup=None,
+        seed=None,
         name="distiller",
         **kwargs,
     ):
@@ -234,6 +253,10 @@ class Distiller(keras.Model):
         self.distillation_loss_weights = weights
         self.student_loss_weight = student_loss_weight
         self.teacher_weights = teacher_weights
+        self.augment = augment
+        self.mixup = mixup
+        self.seed = seed
+        self._views = views_lib.Views(augment, mixup, seed)
         self._teachers = teachers
         for t in teachers:
             t.trainable = False
@@ -268,10 +291,52 @@ class Distiller(keras.Model):
         self._distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self._term_trackers = [keras.metrics.Mean(name=n) for n in names]
         self._agreement_tracker = keras.metrics.Mean(name="teacher_agreement")
+        self._build_schedule_variables()
         if student.built and all(t.built for t in teachers):
             self.built = True
 
     # ------------------------------------------------------------ set-up
+
+    def _build_schedule_variables(self):
+        # The weights and temperatures the step reads are variables, not
+        # Python floats baked into the traced function, so callbacks
+        # (kdkeras.callbacks.Schedule, Warmup) can change them between epochs.
+        def variable(value, name):
+            return keras.Variable(
+                float(value), dtype="float32", trainable=False, autocast=False, name=name
+            )
+
+        self._student_loss_weight_variable = variable(
+            self.student_loss_weight, "student_loss_weight"
+        )
+        self._term_weight_variables = [
+            variable(w, f"distillation_loss_weight_{j}")
+            for j, w in enumerate(self.distillation_loss_weights)
+        ]
+        self._temperature_variables = [
+            variable(term.temperature, f"temperature_{j}")
+            if isinstance(term, DistillationLoss)
+            and is_finite_number(getattr(term, "temperature", None))
+            else None
+            for j, term in enumerate(self.distillation_losses)
+        ]
+
+    @property
+    def schedule_variables(self):
+        """The values a schedule may change during training, as variables.
+
+        A dict: `"student_loss_weight"` (one variable),
+        `"distillation_loss_weights"` (one per term) and `"temperatures"`
+        (one per term, `None` for terms without a temperature). Assign them
+        between steps (`kdkeras.callbacks.Schedule` and `Warmup` do); the
+        compiled step reads their current values. The constructor arguments
+        keep the initial values (and `get_config` saves those).
+        """
+        return {
+            "student_loss_weight": self._student_loss_weight_variable,
+            "distillation_loss_weights": list(self._term_weight_variables),
+            "temperatures": list(self._temperature_variables),
+        }
 
     def _resolve_taps(self):
         """Finds every tapped layer now, so a wrong name fails before `fit`."""
@@ -350,6 +415,20 @@ class Distiller(keras.Model):
                 "student_loss_weight=0.0 to train on the teacher alone. "
                 "Received: loss=None"
             )
+        if kwargs.get("jit_compile") is True and isinstance(self.augment, keras.layers.Layer):
+            blocking = [
+                layer.name
+                for layer in [self.augment, *keras_compat.flatten_layers(self.augment)]
+                if getattr(layer, "supports_jit", True) is False
+            ]
+            if blocking:
+                raise ValueError(
+                    "Expected an `augment` that XLA can compile with jit_compile=True: "
+                    f"the layers {blocking} run TensorFlow ops XLA does not support "
+                    "(image transforms), and Keras would silently compile nothing. "
+                    "Compile with jit_compile=False (or the default 'auto'), or "
+                    "use XLA-compatible augmentation. Received: jit_compile=True"
+                )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
@@ -408,7 +487,8 @@ class Distiller(keras.Model):
         elif len(self._teachers) == 1:
             t_value = targets["outputs"][0]
         else:
-            temperature = term.temperature  # checked in _resolve_taps
+            # Logit terms only (checked in _resolve_taps), at the scheduled temperature.
+            temperature = ops.convert_to_tensor(self._temperature_variables[j])
             t_value = keras.tree.map_structure(
                 lambda *outs: ensemble_logits(list(outs), self._teacher_weight_list(), temperature),
                 *targets["outputs"],
@@ -419,9 +499,20 @@ class Distiller(keras.Model):
             s_value = adapter(s_value)
         return t_value, s_value
 
-    def _term_value(self, term, t_value, s_value, y, sample_weight):
+    def _term_value(self, j, term, t_value, s_value, y, sample_weight):
         if isinstance(term, DistillationLoss):
-            return reduce_per_sample(term.call(t_value, s_value, y=y), sample_weight)
+            temperature = self._temperature_variables[j]
+            if temperature is None:
+                return reduce_per_sample(term.call(t_value, s_value, y=y), sample_weight)
+            # The term reads `self.temperature` in `call`: for the trace, it
+            # is the variable, so every step sees the scheduled value.
+            constant = term.temperature
+            term.temperature = ops.convert_to_tensor(temperature)
+            try:
+                values = term.call(t_value, s_value, y=y)
+            finally:
+                term.temperature = constant
+            return reduce_per_sample(values, sample_weight)
         # A keras.distillation term: already a batch mean, no sample weights.
         value = term.compute_loss(t_value, s_value)
         if len(value.shape) > 0:
@@ -431,17 +522,33 @@ class Distiller(keras.Model):
             )
         return ops.cast(value, "float32")
 
-    def _objective(self, x, y, sample_weight, targets, y_pred, s_features):
+    def _ground_truth(self, y, y_pred, sample_weight, mixing):
+        compiled_loss = keras_compat.compiled_loss(self)
+        if y is None or compiled_loss is None:
+            return None
+        if mixing is None:
+            return ops.cast(compiled_loss(y, y_pred, sample_weight), "float32")
+        # Mixed inputs: lam * loss(y) + (1 - lam) * loss(y[perm]), each with
+        # its own samples' weights (sample_weight here is still unmixed).
+        lam, perm = mixing
+        other_y = keras.tree.map_structure(lambda v: ops.take(v, perm, axis=0), y)
+        other_w = None if sample_weight is None else ops.take(sample_weight, perm, axis=0)
+        first = ops.cast(compiled_loss(y, y_pred, sample_weight), "float32")
+        second = ops.cast(compiled_loss(other_y, y_pred, other_w), "float32")
+        return lam * first + (1.0 - lam) * second
+
+    def _objective(self, x, y, sample_weight, targets, y_pred, s_features, mixing=None):
         """Returns `(total, ground_truth, distill, [term values])`, replica-scaled.
 
         `distill` is `sum_i(weight_i * term_i)`, before the factor
-        `1 - student_loss_weight`.
+        `1 - student_loss_weight`. With mixup, `sample_weight` is the
+        unmixed one and `mixing` the `(lam, perm)` of the batch.
         """
-        ground_truth = None
-        compiled_loss = keras_compat.compiled_loss(self)
-        if y is not None and compiled_loss is not None:
-            ground_truth = ops.cast(compiled_loss(y, y_pred, sample_weight), "float32")
-        elif y is None and self.student_loss_weight >= 1.0:
+        ground_truth = self._ground_truth(y, y_pred, sample_weight, mixing)
+        term_weight = sample_weight
+        if mixing is not None and sample_weight is not None:
+            term_weight = views_lib.mix(ops.cast(sample_weight, "float32"), *mixing)
+        if y is None and self.student_loss_weight >= 1.0:
             raise ValueError(
                 "Batches without labels leave nothing to train with "
                 "student_loss_weight=1.0. Received: a batch with x only"
@@ -449,13 +556,16 @@ class Distiller(keras.Model):
         terms = []
         for j, term in enumerate(self.distillation_losses):
             t_value, s_value = self._term_inputs(j, term, targets, y_pred, s_features)
-            value = self._term_value(term, t_value, s_value, y, sample_weight)
+            value = self._term_value(j, term, t_value, s_value, y, term_weight)
             terms.append(_scale_for_replicas(value))
+        student_loss_weight = ops.convert_to_tensor(self._student_loss_weight_variable)
         total = ops.zeros((), "float32")
         if ground_truth is not None:
-            total = total + self.student_loss_weight * ground_truth
-        distill = sum(w * v for w, v in zip(self.distillation_loss_weights, terms))
-        total = total + (1.0 - self.student_loss_weight) * distill
+            total = total + student_loss_weight * ground_truth
+        distill = sum(
+            ops.convert_to_tensor(w) * v for w, v in zip(self._term_weight_variables, terms)
+        )
+        total = total + (1.0 - student_loss_weight) * distill
         owners = [self.student, *(a for a in self.adapters if a is not None)]
         regularization = [ops.sum(ops.cast(l, "float32")) for owner in owners for l in owner.losses]
         if regularization:
@@ -501,6 +611,12 @@ class Distiller(keras.Model):
     def _step(self, data, training):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, cached = cache_lib.unpack(x)
+        mixing = None
+        if training and self._views.active:
+            if cached is not None:
+                raise ValueError(views_lib.CACHE_MESSAGE)
+            # One view of the batch, drawn once, for both models.
+            x, mixing, _ = self._views(x)
         targets = cached if cached is not None else self._teacher_targets(x)
         if training:
             import tensorflow as tf
@@ -508,7 +624,7 @@ class Distiller(keras.Model):
             with tf.GradientTape() as tape:
                 y_pred, s_features = self._student_forward(x, training=True)
                 total, ground_truth, distill, terms = self._objective(
-                    x, y, sample_weight, targets, y_pred, s_features
+                    x, y, sample_weight, targets, y_pred, s_features, mixing
                 )
                 scaled = self.optimizer.scale_loss(total)
             variables = self.trainable_variables
@@ -577,6 +693,8 @@ class Distiller(keras.Model):
         Returns:
             The cached inputs or dataset, to pass to `fit` / `evaluate`.
         """
+        if self._views.active:
+            raise ValueError(views_lib.CACHE_MESSAGE + " Received: augment or mixup set")
         return cache_lib.cache_teacher_outputs(self, x, batch_size=batch_size)
 
     # ------------------------------------------------------- serialization
@@ -597,7 +715,22 @@ class Distiller(keras.Model):
             "distillation_loss_weights": list(self.distillation_loss_weights),
             "student_loss_weight": self.student_loss_weight,
             "teacher_weights": None if self.teacher_weights is None else list(self.teacher_weights),
+            "augment": self._augment_config(),
+            "mixup": self.mixup,
+            "seed": self.seed,
         }
+
+    def _augment_config(self):
+        if self.augment is None:
+            return None
+        if isinstance(self.augment, keras.layers.Layer):
+            return keras.saving.serialize_keras_object(self.augment)
+        raise ValueError(
+            "Expected `augment` to be a Keras layer to save the Distiller's "
+            "config: a plain callable cannot be serialized. Save "
+            "`distiller.student` instead, or pass a layer. Received: "
+            f"augment={self.augment!r}"
+        )
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -611,4 +744,6 @@ class Distiller(keras.Model):
         )
         config["student"] = deserialize(config.pop("student"))
         config["distillation_losses"] = [deserialize(t) for t in config.pop("distillation_losses")]
+        if config.get("augment") is not None:
+            config["augment"] = deserialize(config["augment"])
         return cls(**config)

@@ -189,12 +189,22 @@ def dkd_loss(teacher_logits, student_logits, y=None, alpha=1.0, beta=8.0, temper
     return (alpha * tckd + beta * nckd) * (temperature**2)
 
 
+def _safe_norm(a, axis):
+    # sqrt'(0) is infinite: a column of a confident model's probabilities
+    # whose squared deviations underflow to 0 (TensorFlow flushes denormals)
+    # would give NaN gradients. Clamping the squared norm away from 0 keeps
+    # the gradient finite; the clamp (1e-24, a norm of 1e-12) sits far below
+    # any deviation that carries information.
+    return ops.sqrt(ops.maximum(ops.sum(a * a, axis=axis), 1e-24))
+
+
 def _pearson(a, b, axis, eps=1e-8):
     a = a - ops.mean(a, axis=axis, keepdims=True)
     b = b - ops.mean(b, axis=axis, keepdims=True)
     num = ops.sum(a * b, axis=axis)
-    den = ops.sqrt(ops.sum(a * a, axis=axis) * ops.sum(b * b, axis=axis))
-    return num / (den + eps)
+    # A product of norms, not the norm of a product: sum(a^2) * sum(b^2)
+    # underflows long before either factor does.
+    return num / (_safe_norm(a, axis) * _safe_norm(b, axis) + eps)
 
 
 def dist_loss(teacher_logits, student_logits, beta=1.0, gamma=1.0, temperature=1.0):
