@@ -1,0 +1,453 @@
+"""The results study: where distillation beats fair labels-only training, and by how much.
+
+MNIST-5k (4,000 train / 1,000 test; settings chosen with `--validate`, which
+trains on 3,200 of the 4,000 and scores the other 800, never the test set)
+or scikit-learn's digits. Every row is trained per seed with the same
+optimizer (Adam, clipnorm 1.0, cosine schedule with a one-epoch warmup),
+batch size and epochs; accuracies are **last-epoch** test accuracies, mean ±
+std over seeds, with the gap closed `(row - fair) / (teacher - fair)` per
+seed against that seed's fair baseline.
+
+Rows, per student:
+
+  labels                  labels only, no augmentation
+  labels + aug            labels only, with the augmentation: the fair baseline
+  KD (cached, no aug)     today's recipe: teacher outputs cached, T=4, student_loss_weight=0.5
+  KD + views              teacher and student see the same augmented batch
+  KD + views + mixup      the same, mixed within the batch
+  ... (patient)           the best KD row, `--patience` times longer
+  keras.distillation      its defaults (LogitsDistillation(), student_loss_weight=0.5), no aug
+
+`--hungry`: the data-hungry case: 400 labels (10%), the other 3,600 images
+unlabeled. Labels-only on the 400 (with augmentation, as many steps as the
+distilled run) against the student distilled on all 4,000 images without
+their labels; the teacher is trained on the full labeled set.
+
+Commands (2 CPU cores):
+
+    python benchmarks/accuracy.py --validate --seeds 1          # choose T, weights, alpha
+    python benchmarks/accuracy.py --seeds 5 --out runs/accuracy
+    python benchmarks/accuracy.py --hungry --seeds 5 --out runs/accuracy
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+
+import kdkeras
+from kdkeras.utils import tables
+from kdkeras.utils.atomic import atomic_write_text
+
+BATCH = 128
+
+
+def _ce():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def augmentation(seed):
+    """Small translations, rotations and zooms: what a digit may look like."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed),
+            keras.layers.RandomRotation(0.05, fill_mode="constant", seed=seed + 1),
+            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
+        ],
+        name="augment",
+    )
+
+
+def teacher_model(input_shape, num_classes):
+    """A pooled CNN: strong with augmentation, cheap enough to run online."""
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(num_classes),
+        ],
+        name="teacher",
+    )
+
+
+def student_model(spec, input_shape, num_classes):
+    if spec == "cnn":
+        return kdkeras.models.cnn_student(input_shape, num_classes)
+    units = int(spec.removeprefix("mlp"))
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Flatten(),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dense(num_classes),
+        ],
+        name=f"student_{spec}",
+    )
+
+
+def optimizer(steps):
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, steps), warmup_target=2e-3, warmup_steps=max(1, steps // 20)
+    )
+    return keras.optimizers.Adam(schedule, clipnorm=1.0)
+
+
+def accuracy(model, x, y):
+    logits = np.concatenate(
+        [np.asarray(model(x[i : i + 512], training=False)) for i in range(0, len(x), 512)]
+    )
+    return float((logits.argmax(-1) == y).mean())
+
+
+def _steps(n, epochs):
+    return -(-n // BATCH) * epochs
+
+
+def train_teacher(data, seed, epochs):
+    (x, y), _ = data
+    keras.utils.set_random_seed(seed)
+    teacher = teacher_model(x.shape[1:], 10)
+    model = keras.Sequential([augmentation(seed), teacher])
+    model.compile(optimizer(_steps(len(x), epochs)), _ce())
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
+    return teacher
+
+
+def run_row(row, data, teacher, seed, epochs, unlabeled=None):
+    """Trains one student as `row` says; returns (last-epoch test accuracy, seconds)."""
+    (x, y), (x_test, y_test) = data
+    keras.utils.set_random_seed(seed + 1)  # the same initial student for every row
+    student = student_model(row["student"], x.shape[1:], 10)
+    method = row["method"]
+    epochs = epochs * row.get("patience", 1)
+    start = time.perf_counter()
+    if method in ("labels", "labels+aug"):
+        model = student if method == "labels" else keras.Sequential([augmentation(seed), student])
+        keras.utils.set_random_seed(seed)
+        model.compile(optimizer(_steps(len(x), epochs)), _ce())
+        model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
+    elif method == "peer":
+        import keras.distillation as peer
+
+        distiller = peer.Distiller(teacher, student, peer.LogitsDistillation())
+        distiller.compile(optimizer(_steps(len(x), epochs)), _ce())
+        keras.utils.set_random_seed(seed)
+        distiller.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
+    else:
+        views = method.startswith("kd+views")
+        distiller = kdkeras.Distiller(
+            teacher,
+            student,
+            kdkeras.LogitsDistillation(temperature=row["T"]),
+            student_loss_weight=row["slw"] if unlabeled is None else 0.0,
+            augment=augmentation(seed) if views else None,
+            mixup=row.get("alpha") if method == "kd+views+mixup" else None,
+        )
+        x_fit, y_fit = (x, y) if unlabeled is None else (unlabeled, None)
+        distiller.compile(optimizer(_steps(len(x_fit), epochs)), None if y_fit is None else _ce())
+        keras.utils.set_random_seed(seed)
+        if not views:
+            x_fit = distiller.cache_teacher_outputs(x_fit)
+        distiller.fit(x_fit, y_fit, batch_size=BATCH, epochs=epochs, verbose=0)
+    seconds = time.perf_counter() - start
+    return accuracy(student, x_test, y_test), seconds
+
+
+def rows_for(student, settings, patience):
+    t, slw, alpha = settings["T"], settings["slw"], settings["alpha"]
+    rows = [
+        {"name": "labels", "student": student, "method": "labels"},
+        {"name": "labels + aug (fair baseline)", "student": student, "method": "labels+aug"},
+        {"name": "KD (cached, no aug)", "student": student, "method": "kd", "T": 4.0, "slw": 0.5},
+        {"name": "KD + views", "student": student, "method": "kd+views", "T": t, "slw": slw},
+        {
+            "name": "KD + views + mixup",
+            "student": student,
+            "method": "kd+views+mixup",
+            "T": t,
+            "slw": slw,
+            "alpha": alpha,
+        },
+    ]
+    if patience > 1:
+        rows.append(
+            {**rows[-1], "name": f"KD + views + mixup (x{patience} epochs)", "patience": patience}
+        )
+        rows.append(
+            {
+                "name": f"labels + aug (x{patience} epochs)",
+                "student": student,
+                "method": "labels+aug",
+                "patience": patience,
+            }
+        )
+    return rows
+
+
+def load(name, validate):
+    data = kdkeras.datasets.load(name)
+    if validate:  # a fixed 80/20 split of the training set; the test set is never read
+        (x, y), _ = data
+        order = np.random.default_rng(1234).permutation(len(x))
+        cut = int(0.8 * len(x))
+        data = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+    return data
+
+
+def summarize(results, students):
+    """Rows of mean ± std accuracy, gap closed and seconds, per student and row."""
+    table = []
+    for student in students:
+        per = [r for r in results if r["student"] == student]
+        names = list(dict.fromkeys(r["row"] for r in per))
+        fair = {r["seed"]: r["accuracy"] for r in per if r["row"].startswith("labels + aug (fair")}
+        teacher = {r["seed"]: r["teacher"] for r in per}
+        for name in names:
+            rs = [r for r in per if r["row"] == name]
+            acc = [r["accuracy"] for r in rs]
+            gaps = [
+                (r["accuracy"] - fair[r["seed"]]) / (teacher[r["seed"]] - fair[r["seed"]])
+                for r in rs
+                if r["seed"] in fair and teacher[r["seed"]] > fair[r["seed"]]
+            ]
+            gains = [r["accuracy"] - fair[r["seed"]] for r in rs if r["seed"] in fair]
+            se = np.std(gains, ddof=1) / np.sqrt(len(gains)) if len(gains) > 1 else float("nan")
+            table.append(
+                {
+                    "student": student,
+                    "params": rs[0]["params"],
+                    "row": name,
+                    "test accuracy": kdkeras.comparison.mean_std(acc),
+                    "gain vs fair": f"{np.mean(gains):+.4f} (SE {se:.4f})" if gains else "-",
+                    "gap closed": kdkeras.comparison.mean_std(gaps) if gaps else "-",
+                    "seconds": f"{np.mean([r['seconds'] for r in rs]):.1f}",
+                }
+            )
+    return table
+
+
+def _grid(text):
+    grid = {"T": [4.0], "slw": [0.5], "method": ["kd"], "alpha": [1.0], "patience": [1]}
+    for part in filter(None, text.split(";")):
+        key, _, values = part.partition("=")
+        grid[key] = [v if key == "method" else float(v) for v in values.split(",")]
+    return grid
+
+
+def sweep(args):
+    """Validation-split grid over KD settings; baselines first. Never reads the test set."""
+    import itertools
+
+    if not args.validate:
+        raise SystemExit(
+            "accuracy.py: --sweep needs --validate (settings are never chosen on the test set)"
+        )
+    data = load(args.data, True)
+    grid = _grid(args.sweep)
+    results = []
+    for seed in range(args.seeds):
+        teacher = train_teacher(data, seed, args.teacher_epochs)
+        print(f"seed {seed}: teacher {accuracy(teacher, *data[1]):.4f}", flush=True)
+        for student in args.students.split(","):
+            for patience in grid["patience"]:
+                for method in ("labels", "labels+aug"):
+                    row = {"student": student, "method": method, "patience": int(patience)}
+                    acc, sec = run_row(row, data, teacher, seed, args.epochs)
+                    results.append(
+                        {"seed": seed, "student": student, **row, "accuracy": acc, "seconds": sec}
+                    )
+                    print(
+                        f"  {student:7s} {method:15s} x{int(patience)} {acc:.4f} {sec:6.1f} s",
+                        flush=True,
+                    )
+                for method, t, slw, alpha in itertools.product(
+                    grid["method"], grid["T"], grid["slw"], grid["alpha"]
+                ):
+                    if method != "kd+views+mixup" and alpha != grid["alpha"][0]:
+                        continue
+                    row = {
+                        "student": student,
+                        "method": method,
+                        "T": t,
+                        "slw": slw,
+                        "alpha": alpha,
+                        "patience": int(patience),
+                    }
+                    acc, sec = run_row(row, data, teacher, seed, args.epochs)
+                    results.append(
+                        {"seed": seed, "student": student, **row, "accuracy": acc, "seconds": sec}
+                    )
+                    print(
+                        f"  {student:7s} {method:15s} x{int(patience)} T={t:g} slw={slw:g} alpha={alpha:g} {acc:.4f} {sec:6.1f} s",
+                        flush=True,
+                    )
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        atomic_write_text(
+            os.path.join(args.out, "sweep.json"),
+            json.dumps({"args": vars(args), "results": results}, indent=2) + "\n",
+        )
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="mnist-5k")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--teacher-epochs", type=int, default=30)
+    parser.add_argument("--students", default="mlp16,mlp32,mlp64,mlp256,cnn")
+    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--student-loss-weight", type=float, default=0.0)
+    parser.add_argument("--mixup", type=float, default=1.0)
+    parser.add_argument(
+        "--patience", type=int, default=1, help="epochs multiplier of the patient rows"
+    )
+    parser.add_argument(
+        "--rows", default=None, help="comma-separated row names to keep (all if absent)"
+    )
+    parser.add_argument("--peer", action="store_true", help="add keras.distillation's defaults")
+    parser.add_argument("--hungry", action="store_true", help="the 10%%-labels case")
+    parser.add_argument("--validate", action="store_true", help="score on a validation split")
+    parser.add_argument("--out", default=None, help="write JSON and Markdown here")
+    parser.add_argument(
+        "--sweep", default=None, help="with --validate: grid 'T=2,4,8;slw=0,0.5;method=kd,kd+views'"
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny run for the tests")
+    args = parser.parse_args(argv)
+    if args.sweep is not None:
+        return sweep(args)
+
+    data = load(args.data, args.validate)
+    students = args.students.split(",")
+    if args.smoke:
+        data = kdkeras.datasets.smoke_subset(data)
+        args.seeds, args.epochs, args.teacher_epochs, students = 1, 1, 1, students[:1]
+    settings = {"T": args.temperature, "slw": args.student_loss_weight, "alpha": args.mixup}
+    results, started = [], time.perf_counter()
+    for seed in range(args.seeds):
+        teacher = train_teacher(data, seed, args.teacher_epochs)
+        t_acc = accuracy(teacher, *data[1])
+        print(f"seed {seed}: teacher {t_acc:.4f}", flush=True)
+        for student in students:
+            if args.hungry:
+                (x, y), test = data
+                order = np.random.default_rng(seed).permutation(len(x))
+                labeled = order[: len(x) // 10]
+                kd_epochs = args.epochs
+                label_epochs = kd_epochs * 10  # as many steps as the distilled run
+                rows = [
+                    (
+                        {
+                            "name": "labels + aug, 10% labels",
+                            "student": student,
+                            "method": "labels+aug",
+                        },
+                        ((x[labeled], y[labeled]), test),
+                        label_epochs,
+                        None,
+                    ),
+                    (
+                        {
+                            "name": "KD + views, no labels (all images)",
+                            "student": student,
+                            "method": "kd+views",
+                            "T": args.temperature,
+                            "slw": 0.0,
+                        },
+                        data,
+                        kd_epochs,
+                        x,
+                    ),
+                    (
+                        {
+                            "name": "KD + views + mixup, no labels (all images)",
+                            "student": student,
+                            "method": "kd+views+mixup",
+                            "T": args.temperature,
+                            "slw": 0.0,
+                            "alpha": args.mixup,
+                        },
+                        data,
+                        kd_epochs,
+                        x,
+                    ),
+                ]
+            else:
+                rows = [
+                    (r, data, args.epochs, None) for r in rows_for(student, settings, args.patience)
+                ]
+                if args.peer:
+                    rows.append(
+                        (
+                            {
+                                "name": "keras.distillation (defaults)",
+                                "student": student,
+                                "method": "peer",
+                            },
+                            data,
+                            args.epochs,
+                            None,
+                        )
+                    )
+            for row, row_data, epochs, unlabeled in rows:
+                if (
+                    args.rows
+                    and row["name"] not in args.rows.split(",")
+                    and not row["name"].startswith("labels + aug (fair")
+                ):
+                    continue
+                acc, seconds = run_row(row, row_data, teacher, seed, epochs, unlabeled)
+                params = student_model(student, data[0][0].shape[1:], 10).count_params()
+                results.append(
+                    {
+                        "seed": seed,
+                        "student": student,
+                        "params": params,
+                        "row": row["name"],
+                        "accuracy": acc,
+                        "seconds": seconds,
+                        "teacher": t_acc,
+                        "settings": {k: v for k, v in row.items() if k not in ("name", "student")},
+                    }
+                )
+                print(f"  {student:7s} {row['name']:45s} {acc:.4f}  {seconds:6.1f} s", flush=True)
+    table = summarize(results, students)
+    teacher_row = kdkeras.comparison.mean_std(
+        [
+            r["teacher"]
+            for r in results
+            if r["student"] == students[0] and r["row"] == results[0]["row"]
+        ]
+    )
+    title = (
+        f"{args.data}{' (validation split)' if args.validate else ''}, {args.seeds} seed(s), "
+        f"students {args.epochs} epochs, teacher {args.teacher_epochs} epochs ({teacher_row}), "
+        f"T={args.temperature}, student_loss_weight={args.student_loss_weight}, mixup={args.mixup}"
+        f"{', 10% labels' if args.hungry else ''}; {time.perf_counter() - started:.0f} s in all"
+    )
+    text = tables.format_table(table)
+    print(f"\n{title}\n{text}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.join(args.out, "hungry" if args.hungry else "accuracy")
+        atomic_write_text(
+            stem + ".json",
+            json.dumps({"title": title, "args": vars(args), "results": results}, indent=2) + "\n",
+        )
+        atomic_write_text(stem + ".md", f"# {title}\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
