@@ -89,7 +89,8 @@ def plot_history(history, path, title=None):
 
     Args:
         history: `{metric: [value per epoch]}` (`History.history`), with
-            `val_`-prefixed entries drawn dashed beside their training curve.
+            `val_`-prefixed entries drawn dashed, in their training curve's
+            color.
         path: the PNG file.
         title: the figure title. Defaults to `"Training curves"`.
 
@@ -99,18 +100,18 @@ def plot_history(history, path, title=None):
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6), dpi=120)
     shares = ("accuracy", "teacher_agreement")
+    colors = {}  # a metric and its val_ twin share a color
     for key, values in history.items():
         base = key[4:] if key.startswith("val_") else key
         if base == "total_loss" or not values:
             continue  # equal to `loss`
         ax = right if base in shares else left if base.endswith("loss") else None
-        if ax is None:
+        points = [(e + 1, v) for e, v in enumerate(values) if v is not None]
+        if ax is None or not points:
             continue
-        epochs = range(1, len(values) + 1)
-        points = [(e, v) for e, v in zip(epochs, values) if v is not None]
-        if points:
-            style = "--" if key.startswith("val_") else "-"
-            ax.plot(*zip(*points), style, marker="o", markersize=3, label=key)
+        color = colors.setdefault(base, f"C{len(colors) % 10}")
+        style = "--" if key.startswith("val_") else "-"
+        ax.plot(*zip(*points), style, color=color, marker="o", markersize=3, label=key)
     for ax, label in ((left, "loss"), (right, "share of samples")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
