@@ -41,6 +41,7 @@ from kdkeras.distill.callbacks import HistoryLog
 from kdkeras.utils import stages as stages_lib
 from kdkeras.utils.atomic import atomic_path
 from kdkeras.utils.atomic import atomic_write_text
+from kdkeras.utils.atomic import discard
 from kdkeras.utils.atomic import remove_leftovers
 from kdkeras.utils.tables import format_table
 
@@ -267,6 +268,7 @@ def _deploy_stages(stages, paths, teacher, teacher_digest, student, data, quanti
     from kdkeras import deploy
 
     sha = lambda name: stages_lib.file_sha256(paths[name])  # noqa: E731
+    manifest_path = lambda name: paths[name] + deploy.manifest.MANIFEST_SUFFIX  # noqa: E731
     test = stages_lib.array_digest(data.x_test, data.y_test)
 
     def export():
@@ -298,6 +300,9 @@ def _deploy_stages(stages, paths, teacher, teacher_digest, student, data, quanti
                     eval_data=(data.x_test, data.y_test) if data.labeled else data.x_test,
                 )
             except deploy.ParityError as e:
+                # An int8 file already there is an earlier student's: not this one's.
+                for stale in (paths["student.int8.onnx"], manifest_path("student.int8.onnx")):
+                    discard(stale)
                 return {"failed": " ".join(str(e).split())}
             return {"manifest": manifest}
 
@@ -309,7 +314,10 @@ def _deploy_stages(stages, paths, teacher, teacher_digest, student, data, quanti
         }
         record = stages.run("quantize", inputs, [paths["student.int8.onnx"]], int8)
         if "failed" in record:
-            notes.append(f"no int8 student: its agreement gate failed ({record['failed']})")
+            notes.append(
+                f"no int8 student: its agreement gate failed ({record['failed']}); the "
+                "rejected file is kept as student.int8.failed.onnx"
+            )
         else:
             manifests["student.int8.onnx"] = record["manifest"]
             files.append("student.int8.onnx")

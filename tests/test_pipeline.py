@@ -191,7 +191,9 @@ def _mtimes(folder, names):
     return {n: os.stat(folder / n).st_mtime_ns for n in names}
 
 
-def test_distill_writes_everything_and_reruns_only_what_changed(teacher_file, tmp_path):
+def test_distill_writes_everything_and_reruns_only_what_changed(
+    teacher_file, tmp_path, monkeypatch
+):
     out = tmp_path / "out"
     result = pipeline.distill(teacher_file, "digits", out, smoke=True, epochs=1, verbose=0)
     assert result.stages == {"train": "ran", "export": "ran", "quantize": "ran", "bench": "ran"}
@@ -227,6 +229,18 @@ def test_distill_writes_everything_and_reruns_only_what_changed(teacher_file, tm
     assert dynamic.stages["export"].startswith("skipped")
     assert dynamic.stages["quantize"] == "ran"
     assert _mtimes(out, artifacts[:3]) == {k: before[k] for k in artifacts[:3]}
+
+    # A failed int8 gate is a note, not an error; the earlier int8 file goes.
+    def failing_gate(*args, **kwargs):
+        raise kdkeras.deploy.ParityError("Parity check failed: agreement=0.5 (min 0.99)")
+
+    monkeypatch.setattr(kdkeras.deploy, "quantize", failing_gate)
+    failed = pipeline.distill(teacher_file, "digits", out, smoke=True, epochs=1, verbose=0)
+    monkeypatch.undo()
+    assert [r["model"] for r in failed.rows] == ["teacher", "student"]
+    assert failed.notes[0].startswith("no int8 student: its agreement gate failed (Parity")
+    assert not (out / "student.int8.onnx").exists()
+    assert not (out / "student.int8.onnx.manifest.json").exists()
 
     # One more epoch continues from the backup; the history keeps the first.
     longer = pipeline.distill(teacher_file, "digits", out, smoke=True, epochs=2, verbose=0)
