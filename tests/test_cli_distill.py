@@ -247,7 +247,9 @@ def test_full_disk_during_export_keeps_the_previous_files(teachers, tmp_path, ca
 @pytest.mark.subprocess
 def test_killed_run_resumes_and_then_skips_finished_stages(teachers, tmp_path, capsys):
     out = tmp_path / "out"
-    args = [teachers / "teacher.keras", "--data", "digits", "--out", out, "--smoke"]
+    # An .npz file: the child processes skip importing scikit-learn for "digits".
+    data = _npz(tmp_path / "digits.npz", n=256, test=128)
+    args = [teachers / "teacher.keras", "--data", data, "--out", out, "--smoke"]
     args = [*map(str, args), "--epochs", "8", "--batch-size", "16"]
     command = [sys.executable, "-m", "kdkeras.cli", "distill", *args]
     state = out / "backup" / "training_state.json"
