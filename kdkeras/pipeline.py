@@ -107,9 +107,6 @@ class _Stages:
         self.say = say
         self.status, self.seconds = {}, {}
 
-    def is_done(self, name, inputs):
-        return self.file.is_done(name, inputs)
-
     def run(self, name, inputs, outputs, fn):
         """`fn()` (a dict to record) unless done; returns the stage's record."""
         if self.file.is_done(name, inputs):
@@ -177,15 +174,25 @@ def _image_scale(teacher):
 # ------------------------------------------------------------ stages
 
 
-def _prepare_backup(backup_dir, key, say):
-    """Keeps a backup made with the same settings; clears one made with others."""
+def _prepare_backup(backup_dir, key, epochs, say):
+    """Keeps a backup made with the same settings and at most `epochs` epochs.
+
+    Clears one made with other settings, or one that already went past
+    `epochs` (its weights would not be those of an `epochs`-epoch run).
+    """
     path = os.path.join(backup_dir, "run.json")
     previous = None
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             previous = json.load(f).get("key")
+    done = BackupAndRestore.completed_epochs(backup_dir)
+    reason = None
     if previous is not None and previous != key:
-        say(f"train: the backup in {backup_dir} was made with other settings; starting over")
+        reason = "was made with other settings"
+    elif done > epochs:
+        reason = f"holds {done} epochs, more than the {epochs} asked for"
+    if reason:
+        say(f"train: the backup in {backup_dir} {reason}; starting over")
         for name in os.listdir(backup_dir):
             if name in _BACKUP_FILES or name.endswith(".weights.h5"):
                 os.remove(os.path.join(backup_dir, name))
@@ -211,7 +218,7 @@ def _train(teacher, student, data, run, say):
         compile_kwargs.pop("metrics", None)
     distiller.compile(**compile_kwargs)
     backup_dir = run["backup_dir"]
-    _prepare_backup(backup_dir, run["backup_key"], say)
+    _prepare_backup(backup_dir, run["backup_key"], run["epochs"], say)
     done = BackupAndRestore.completed_epochs(backup_dir)
     if done:
         say(f"train: resuming from the backup after epoch {done} of {run['epochs']}")
@@ -297,7 +304,7 @@ def _deploy_stages(stages, paths, teacher, teacher_digest, student, data, quanti
                     paths["student.int8.onnx"],
                     mode=quantize,
                     calibration_data=calibration,
-                    eval_data=(data.x_test, data.y_test) if data.labeled else data.x_test,
+                    eval_data=data.x_test if data.y_test is None else (data.x_test, data.y_test),
                 )
             except deploy.ParityError as e:
                 # An int8 file already there is an earlier student's: not this one's.

@@ -192,7 +192,7 @@ def _mtimes(folder, names):
 
 
 def test_distill_writes_everything_and_reruns_only_what_changed(
-    teacher_file, tmp_path, monkeypatch
+    teacher_file, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "out"
     result = pipeline.distill(teacher_file, "digits", out, smoke=True, epochs=1, verbose=0)
@@ -247,6 +247,12 @@ def test_distill_writes_everything_and_reruns_only_what_changed(
     assert longer.stages["train"] == "ran" and longer.stages["export"] == "ran"
     assert len(longer.history["loss"]) == 2
     assert longer.history["loss"][0] == result.history["loss"][0]
+
+    # Fewer epochs than the backup holds: training starts over.
+    capsys.readouterr()
+    shorter = pipeline.distill(teacher_file, "digits", out, smoke=True, epochs=1, quantize=None)
+    assert "holds 2 epochs, more than the 1 asked for; starting over" in capsys.readouterr().out
+    assert len(shorter.history["loss"]) == 1 and shorter.stages["train"] == "ran"
 
 
 def test_saved_model_teacher_teaches_but_cannot_be_shrunk(teacher_file, tmp_path):
