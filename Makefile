@@ -42,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py
 
 clean:
-	rm -rf $(VENV) demo_output deploy_output export_output build *.egg-info
+	rm -rf $(VENV) demo_output deploy_output export_output distill_output build *.egg-info

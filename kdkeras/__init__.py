@@ -9,7 +9,8 @@ teacher's weights), `kdkeras.deploy` (export, int8, benchmark, report), and
 `kdkeras.cli` (the `kdkeras` command). `kdkeras.datasets` (offline data),
 `kdkeras.models` (reference teacher and students) and
 `kdkeras.comparison` (teacher / scratch / distilled runs) serve the demo,
-the recipes and the benchmarks.
+the recipes and the benchmarks; `kdkeras.pipeline` (`distill`: teacher to
+deployed student in one call) is the `kdkeras distill` command.
 
 `import kdkeras` registers the Keras-serializable classes (the `Distiller`
 and every distillation term), so `keras.saving.load_model` can read a saved
@@ -48,6 +49,7 @@ _EXPORTS = {
     "distill": "kdkeras.distill",
     "enable_multi_worker_fit": "kdkeras.distill",
     "models": "kdkeras.models",
+    "pipeline": "kdkeras.pipeline",
     "propose_layer_pairs": "kdkeras.distill",
     "shrink": "kdkeras.transfer",
     "transfer": "kdkeras.transfer",

@@ -11,11 +11,29 @@ images as `float32` in `[0, 1]` with a trailing channel axis, labels as
   split, rescaled to `[0, 1]`. Offline; needs the `data` extra.
 - `"mnist"`: the full 60,000 / 10,000 MNIST through `keras.datasets`. Needs a
   network on first use; never used by the tests.
+
+`load_user_data(spec, input_shape)` reads the user's own data for
+`kdkeras distill`: one of the names above, an `.npz` file or a folder of
+images, checked against the teacher's input (and classes) before anything
+trains, and returned as a `UserData`.
 """
+
+import dataclasses
+import os
 
 import numpy as np
 
-__all__ = ["NAMES", "SMOKE_TEST", "SMOKE_TRAIN", "load", "smoke_subset"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "NAMES",
+    "SMOKE_TEST",
+    "SMOKE_TRAIN",
+    "TEST_SHARE",
+    "UserData",
+    "load",
+    "load_user_data",
+    "smoke_subset",
+]
 
 NAMES = ("mnist-5k", "digits", "mnist")
 
@@ -111,7 +129,8 @@ def smoke_subset(data, n_train=SMOKE_TRAIN, n_test=SMOKE_TEST):
     """The first `n_train` / `n_test` samples of a `load()` result: `--smoke` runs.
 
     Args:
-        data: `(x_train, y_train), (x_test, y_test)`.
+        data: `(x_train, y_train), (x_test, y_test)`; labels may be `None`
+            (unlabeled data).
         n_train: training samples kept. Defaults to 256.
         n_test: test samples kept. Defaults to 128.
 
@@ -119,4 +138,309 @@ def smoke_subset(data, n_train=SMOKE_TRAIN, n_test=SMOKE_TEST):
         `(x_train, y_train), (x_test, y_test)`, each cut to its size.
     """
     (x_train, y_train), (x_test, y_test) = data
-    return (x_train[:n_train], y_train[:n_train]), (x_test[:n_test], y_test[:n_test])
+    cut = lambda a, n: None if a is None else a[:n]
+    return (cut(x_train, n_train), cut(y_train, n_train)), (
+        cut(x_test, n_test),
+        cut(y_test, n_test),
+    )
+
+
+# ------------------------------------------------------------ user data
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+TEST_SHARE = 0.2  # held out when the user's data brings no test split
+
+_DATA_KINDS = (
+    "a dataset name (mnist-5k, digits, mnist), an .npz file with x_train "
+    "(and y_train, x_test, y_test), or a folder of images with one sub-folder per class"
+)
+
+
+@dataclasses.dataclass
+class UserData:
+    """The user's data for distillation, checked against the teacher.
+
+    Attributes:
+        x_train: training inputs, `(n, ...)` in the teacher's input dtype.
+        y_train: integer class labels `(n,)`, or `None` (unlabeled).
+        x_test: held-out inputs.
+        y_test: held-out labels, or `None`.
+        source: where the data came from (the name, file or folder given).
+        split: one sentence saying where the test split came from.
+        class_names: the class of each label (image folders), or `None`.
+    """
+
+    x_train: np.ndarray
+    y_train: object
+    x_test: np.ndarray
+    y_test: object
+    source: str
+    split: str
+    class_names: object = None
+
+    @property
+    def labeled(self):
+        """Whether the training data has labels."""
+        return self.y_train is not None
+
+    def subset(self, n_train=SMOKE_TRAIN, n_test=SMOKE_TEST):
+        """The first `n_train` / `n_test` samples (`--smoke` runs), as a new `UserData`."""
+        (x, y), (xt, yt) = smoke_subset(
+            ((self.x_train, self.y_train), (self.x_test, self.y_test)), n_train, n_test
+        )
+        return dataclasses.replace(self, x_train=x, y_train=y, x_test=xt, y_test=yt)
+
+
+def _fixed_split(x, y, share, seed):
+    """A held-out split with a fixed seed: stratified with labels, random without."""
+    if y is not None:
+        return _stratified_split(x, y, share, seed)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    n_test = max(1, int(round(len(x) * share)))
+    test, train = order[:n_test], order[n_test:]
+    return (x[train], None), (x[test], None)
+
+
+def _check_inputs(x, name, input_shape, dtype):
+    """Numeric samples shaped like the model's input; cast (value-preserving) to `dtype`."""
+    x = np.asarray(x)
+    kind = x.dtype.kind
+    if kind not in "fiub" or x.dtype == np.bool_:
+        raise ValueError(
+            f"Expected numeric inputs (float or integer) in {name}. "
+            f"Received: {name} with dtype={x.dtype}"
+        )
+    want = tuple(input_shape)
+    fits = x.ndim == len(want) + 1 and all(
+        w is None or int(w) == int(g) for w, g in zip(want, x.shape[1:])
+    )
+    if not fits:
+        shown = ", ".join("?" if d is None else str(d) for d in want)
+        raise ValueError(
+            f"Expected {name} shaped (samples, {shown}) to fit the teacher's input. "
+            f"Received: {name} with shape={tuple(x.shape)}"
+        )
+    if len(x) == 0:
+        raise ValueError(f"Expected at least one sample. Received: {name} with 0 samples")
+    if kind == "f" and not np.isfinite(x).all():
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        raise ValueError(
+            f"Expected finite values in {name}. Received: {name} with {int(bad.sum())} "
+            f"sample(s) holding NaN or Inf, the first at index {int(np.argmax(bad))}"
+        )
+    return x.astype(dtype, copy=False)
+
+
+def _check_labels(y, name, n, num_classes):
+    """Integer class indices, one per sample, in `[0, num_classes)`."""
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(
+            f"Expected {name} to hold one integer class label per sample, shaped ({n},). "
+            f"Received: {name} with shape={tuple(y.shape)}"
+        )
+    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        y = y.astype("int64")  # whole numbers stored as floats: the same values
+    if y.dtype.kind not in "iu":
+        raise ValueError(
+            f"Expected integer class labels in {name}. Received: {name} with dtype={y.dtype}"
+        )
+    y = y.astype("int64", copy=False)
+    if num_classes is not None and len(y):
+        bad = (y < 0) | (y >= num_classes)
+        if bad.any():
+            index = int(np.argmax(bad))
+            raise ValueError(
+                f"Expected labels in [0, {num_classes}) for the teacher's {num_classes} "
+                f"classes. Received: {name}[{index}]={int(y[index])} ({int(bad.sum())} "
+                f"label(s) out of range; labels span {int(y.min())}..{int(y.max())})"
+            )
+    return y
+
+
+def _load_npz(path):
+    """`(x_train, y_train, x_test, y_test)` of an .npz file; `None` for those absent."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(
+            "Expected an .npz file written by numpy.savez with x_train (and "
+            f"optionally y_train, x_test, y_test) ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:120]}). Received: data={path!r}"
+        ) from e
+    if "x_train" not in arrays or ("y_test" in arrays and "x_test" not in arrays):
+        raise ValueError(
+            "Expected an .npz file with an array x_train (and optionally y_train, "
+            f"x_test, y_test). Received: data={path!r} with arrays {sorted(arrays)}"
+        )
+    return tuple(arrays.get(k) for k in ("x_train", "y_train", "x_test", "y_test"))
+
+
+def _image_files(folder):
+    return sorted(
+        f
+        for f in os.listdir(folder)
+        if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))
+    )
+
+
+def _load_image_folder(path, input_shape, image_scale):
+    """`(x, y or None, class names or None, a note)` of a folder of images."""
+    import keras
+
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[-1] not in (1, 3, 4) or None in shape[:2]:
+        shown = ", ".join("?" if d is None else str(d) for d in shape)
+        raise ValueError(
+            "Expected a teacher that takes images, shaped (height, width, 1, 3 or 4 "
+            f"channels), for a folder of images. Received: teacher input (batch, {shown}), "
+            f"data={path!r}"
+        )
+    empty = ValueError(
+        f"Expected a folder of images ({', '.join(IMAGE_EXTENSIONS)}) with one sub-folder "
+        "per class, or images directly in it (unlabeled). Received: data="
+        f"{path!r}, which holds no image"
+    )
+    # Every visible sub-folder is a class, in sorted order, as Keras indexes them.
+    classes = sorted(
+        d
+        for d in os.listdir(path)
+        if not d.startswith(".") and os.path.isdir(os.path.join(path, d))
+    )
+    if not classes and not _image_files(path):
+        raise empty
+    labeled = bool(classes)
+    color_mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[shape[-1]]
+    try:
+        dataset = keras.utils.image_dataset_from_directory(
+            path,
+            labels="inferred" if labeled else None,
+            label_mode="int" if labeled else None,
+            class_names=classes if labeled else None,
+            color_mode=color_mode,
+            image_size=shape[:2],
+            shuffle=False,
+            batch_size=None,
+            verbose=False,
+        )
+        xs, ys = [], []
+        for item in dataset.as_numpy_iterator():
+            if labeled:
+                xs.append(item[0])
+                ys.append(item[1])
+            else:
+                xs.append(item)
+    except Exception as e:  # noqa: BLE001 - any failure means "not readable images"
+        if "No images found" in str(e):
+            raise empty from e
+        raise ValueError(
+            f"Expected readable images in {path!r} ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:160]}). Received: data={path!r}"
+        ) from e
+    if not xs:
+        raise empty
+    x = (np.stack(xs) * image_scale).astype("float32")
+    y = np.asarray(ys, dtype="int64") if labeled else None
+    factor = "1/255" if abs(image_scale - 1 / 255) < 1e-12 else f"{image_scale:g}"
+    note = f"pixels resized to {shape[0]}x{shape[1]} and scaled by {factor}"
+    if labeled:
+        note = "classes " + ", ".join(f"{c}={i}" for i, c in enumerate(classes)) + "; " + note
+    return x, y, (classes if labeled else None), note
+
+
+def load_user_data(
+    spec,
+    input_shape,
+    *,
+    num_classes=None,
+    dtype="float32",
+    image_scale=1 / 255,
+    test_share=TEST_SHARE,
+    seed=0,
+):
+    """Loads the user's data for distillation and checks that it fits the teacher.
+
+    `spec` is one of:
+
+    - a dataset name of `load` (`"mnist-5k"`, `"digits"`, `"mnist"`), with its
+      own fixed split;
+    - arrays `((x_train, y_train), (x_test, y_test))`, labels possibly `None`;
+    - an `.npz` file (`numpy.savez`) with `x_train` and optionally `y_train`,
+      `x_test`, `y_test`. Without `x_test`, `test_share` of the samples are
+      held out with a fixed seed (stratified by class when labeled);
+    - a folder of images, one sub-folder per class (labels are the
+      sub-folders in sorted order, as `keras.utils.image_dataset_from_directory`
+      gives them), or images directly in the folder (unlabeled). Images are
+      resized to the teacher's input size, read with its channel count, and
+      multiplied by `image_scale`; `test_share` is held out with a fixed seed.
+
+    Without labels (`x_train` alone, or a folder of images without
+    sub-folders), `y_train` and `y_test` are `None`: distillation then trains
+    on the teacher's outputs alone.
+
+    Args:
+        spec: the name, `.npz` file or folder (a `str` or path), or arrays.
+        input_shape: the teacher's input shape without the batch axis;
+            `None` entries match any size.
+        num_classes: the teacher's number of classes: labels must lie in
+            `[0, num_classes)`. Defaults to `None` (not checked).
+        dtype: the teacher's input dtype; numeric inputs are cast to it.
+            Defaults to `"float32"`.
+        image_scale: factor applied to pixel values (0-255) of image folders.
+            Defaults to `1 / 255` (pixels in [0, 1], like the built-in data).
+        test_share: the share held out when no test split is given. Defaults
+            to `0.2`.
+        seed: seed of the held-out split. Defaults to `0`.
+
+    Returns:
+        A `UserData`.
+
+    Raises:
+        ValueError: a missing or unreadable file or folder, an empty folder,
+            inputs of the wrong shape or dtype (the shapes in the message),
+            labels that are not integers or lie outside the teacher's classes.
+
+    Example:
+
+    ```python
+    data = kdkeras.datasets.load_user_data("my_data.npz", input_shape=(28, 28, 1),
+                                           num_classes=10)
+    print(data.split)
+    ```
+    """
+    class_names, note = None, None
+    if isinstance(spec, (tuple, list)):
+        (x, y), (xt, yt) = spec
+        spec, split = "arrays", "the given test split"
+    elif (spec := os.fspath(spec)) in _LOADERS:
+        (x, y), (xt, yt) = load(spec)
+        split = f"the fixed split of {spec!r}"
+    elif not os.path.exists(spec):
+        raise ValueError(f"Expected {_DATA_KINDS}. Received: data={spec!r}, which does not exist")
+    elif os.path.isdir(spec):
+        x, y, class_names, note = _load_image_folder(spec, input_shape, image_scale)
+        xt = yt = None
+    elif spec.lower().endswith(".npz"):
+        x, y, xt, yt = _load_npz(spec)
+        split = "x_test and y_test of the file"
+    else:
+        raise ValueError(f"Expected {_DATA_KINDS}. Received: data={spec!r}")
+    x = _check_inputs(x, "x_train", input_shape, dtype)
+    y = _check_labels(y, "y_train", len(x), num_classes)
+    if xt is None:
+        (x, y), (xt, yt) = _fixed_split(x, y, test_share, seed)
+        how = "stratified by class" if y is not None else "at random"
+        split = f"held out {test_share:.0%} of the samples as the test split ({how}, seed {seed})"
+    else:
+        xt = _check_inputs(xt, "x_test", input_shape, dtype)
+        yt = _check_labels(yt, "y_test", len(xt), num_classes)
+    split += f": {len(x):,} train / {len(xt):,} test" + (f"; {note}" if note else "")
+    return UserData(x, y, xt, yt, source=spec, split=split, class_names=class_names)

@@ -1,7 +1,7 @@
-"""The `kdkeras` command: `demo`, `export`, `bench`.
+"""The `kdkeras` command: `demo`, `distill`, `export`, `bench`.
 
 Argument parsing and printing only; the work is done by library calls
-(`kdkeras.comparison`, `kdkeras.deploy`). Errors print one line
+(`kdkeras.comparison`, `kdkeras.pipeline`, `kdkeras.deploy`). Errors print one line
 (`kdkeras: error: ...`) and exit with status 1; `--debug` shows the
 traceback.
 """

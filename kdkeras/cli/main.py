@@ -1,4 +1,4 @@
-"""The `kdkeras` command: `demo`, `export`, `bench`.
+"""The `kdkeras` command: `demo`, `distill`, `export`, `bench`.
 
 Errors print one line (`kdkeras: error: ...`) and exit with status 1;
 `--debug` shows the full traceback instead.
@@ -9,6 +9,7 @@ import sys
 
 from kdkeras.cli import demo
 from kdkeras.cli import deploy
+from kdkeras.cli import distill
 
 # TensorFlow's start-up lines are kept off stderr by kdkeras/__init__.py
 # when the process is this command (see kdkeras/_startup.py).
@@ -32,6 +33,7 @@ def _build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo.add_parser(sub)
+    distill.add_parser(sub)
     deploy.add_parsers(sub)
     return parser
 
@@ -41,6 +43,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as typed, for reports
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -36,6 +36,7 @@ from kdkeras.deploy.parity import parity_figures
 from kdkeras.deploy.pipeline import compare
 from kdkeras.deploy.pipeline import export_file
 from kdkeras.deploy.report import load_results
+from kdkeras.deploy.report import plot_history
 from kdkeras.deploy.report import write_report
 from kdkeras.deploy.runners import load_keras
 from kdkeras.deploy.runners import load_runner
@@ -67,6 +68,7 @@ __all__ = [
     "max_onnx_opset",
     "model_kind",
     "parity_figures",
+    "plot_history",
     "quantize",
     "quantize_tflite",
     "validate_opset",

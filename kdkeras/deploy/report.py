@@ -1,9 +1,11 @@
 """Markdown report and plot of benchmark results.
 
 `write_report(results, out_dir)` writes `report.md` (the table, the
-runtime settings, the parity figures, the command) and `bench.png`
-(accuracy against batch-1 latency, marker area proportional to file size).
-matplotlib is imported lazily (the `plot` extra).
+runtime settings, the parity figures, the command, and any extra sections)
+and `bench.png` (accuracy against batch-1 latency, marker area proportional
+to file size). `plot_history(history, path)` draws training curves from a
+`keras.callbacks.History.history` dict. matplotlib is imported lazily (the
+`plot` extra).
 """
 
 import io
@@ -14,9 +16,35 @@ from kdkeras.deploy.bench import format_results
 from kdkeras.utils.atomic import atomic_write_bytes
 from kdkeras.utils.atomic import atomic_write_text
 
-__all__ = ["PLOT_EXTRA_HINT", "load_results", "markdown", "plot", "write_report"]
+__all__ = [
+    "PLOT_EXTRA_HINT",
+    "load_results",
+    "markdown",
+    "plot",
+    "plot_history",
+    "write_report",
+]
 
 PLOT_EXTRA_HINT = "Install it with `pip install 'kdkeras[plot]'`."
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(f"Plots need the `matplotlib` package. {PLOT_EXTRA_HINT}") from e
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(fig, path):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    fig.clf()
+    atomic_write_bytes(path, buf.getvalue())
+    return os.fspath(path)
 
 
 def plot(results, path, title=None):
@@ -24,12 +52,7 @@ def plot(results, path, title=None):
 
     Marker area is proportional to file size. Returns `path`.
     """
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise ImportError(f"Plots need the `matplotlib` package. {PLOT_EXTRA_HINT}") from e
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     use_acc = all(r.get("accuracy") is not None for r in results)
     metric = "accuracy" if use_acc else "agreement"
@@ -56,11 +79,50 @@ def plot(results, path, title=None):
     ax.set_title(title or f"{metric} vs latency (marker area: file size)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    written = _save_png(fig, path)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return os.fspath(path)
+    return written
+
+
+def plot_history(history, path, title=None):
+    """Writes a PNG of training curves: losses (left) and accuracy/agreement (right).
+
+    Args:
+        history: `{metric: [value per epoch]}` (`History.history`), with
+            `val_`-prefixed entries drawn dashed, in their training curve's
+            color.
+        path: the PNG file.
+        title: the figure title. Defaults to `"Training curves"`.
+
+    Returns:
+        `path`.
+    """
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6), dpi=120)
+    shares = ("accuracy", "teacher_agreement")
+    colors = {}  # a metric and its val_ twin share a color
+    for key, values in history.items():
+        base = key[4:] if key.startswith("val_") else key
+        if base == "total_loss" or not values:
+            continue  # equal to `loss`
+        ax = right if base in shares else left if base.endswith("loss") else None
+        points = [(e + 1, v) for e, v in enumerate(values) if v is not None]
+        if ax is None or not points:
+            continue
+        color = colors.setdefault(base, f"C{len(colors) % 10}")
+        style = "--" if key.startswith("val_") else "-"
+        ax.plot(*zip(*points), style, color=color, marker="o", markersize=3, label=key)
+    for ax, label in ((left, "loss"), (right, "share of samples")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title or "Training curves")
+    fig.tight_layout()
+    written = _save_png(fig, path)
+    plt.close(fig)
+    return written
 
 
 def _settings_lines(results):
@@ -72,9 +134,16 @@ def _settings_lines(results):
 
 
 def markdown(
-    results, *, title="Benchmark", command=None, ratios=None, manifests=None, plot_name=None
+    results,
+    *,
+    title="Benchmark",
+    command=None,
+    ratios=None,
+    manifests=None,
+    plot_name=None,
+    sections=(),
 ):
-    """The report as a Markdown string."""
+    """The report as a Markdown string; `sections` (Markdown strings) follow the plot."""
     first = results[0] if results else {}
     parts = [f"# {title}", ""]
     if command:
@@ -90,6 +159,8 @@ def markdown(
     ]
     if plot_name:
         parts += [f"![accuracy vs latency]({plot_name})", ""]
+    for section in sections:
+        parts += [section.rstrip("\n"), ""]
     if ratios:
         parts += ["## Ratios", ""]
         parts += [f"- {k}: {v:.3f}" for k, v in ratios.items()]
@@ -131,6 +202,7 @@ def write_report(
     ratios=None,
     manifests=None,
     plot_file="bench.png",
+    sections=(),
 ):
     """Writes `report.md` and `bench.png` into `out_dir`.
 
@@ -143,6 +215,8 @@ def write_report(
         manifests: artifact manifests whose parity figures to list.
         plot_file: the PNG name, or `None` for no plot. Defaults to
             `"bench.png"`.
+        sections: further Markdown sections (strings), placed after the
+            plot. Defaults to none.
 
     Returns:
         `{"report": path, "plot": path or None}`.
@@ -159,6 +233,7 @@ def write_report(
         ratios=ratios,
         manifests=manifests,
         plot_name=plot_file,
+        sections=sections,
     )
     report_path = os.path.join(out_dir, "report.md")
     atomic_write_text(report_path, text)

@@ -4,16 +4,20 @@ Modules: `distiller` (the `Distiller`), `taps` (intermediate outputs during
 the single forward pass), `layer_pairs` (`propose_layer_pairs`), `adapters`
 (student features mapped to the teacher's shapes), `teacher_cache` (teacher
 outputs computed once), `data_checks` (bad input caught before `fit`),
-`callbacks` (`BackupAndRestore`, `TerminateOnNonFinite`, `Schedule`, `Warmup`), `views` (augmentation and mixup applied once for both models), `multiworker` (the
-`MultiWorkerMirroredStrategy` fix).
+`callbacks` (`BackupAndRestore`, `HistoryLog`, `TerminateOnNonFinite`,
+`Schedule`, `Warmup`), `views` (augmentation and mixup applied once for both
+models), `multiworker` (the `MultiWorkerMirroredStrategy` fix), `recipes`
+(named settings of `kdkeras distill`: `RECIPES`, `build`).
 
 Imports `kdkeras.losses` and `kdkeras.utils`; never `kdkeras.deploy` or
 `kdkeras.transfer`.
 """
 
 from kdkeras.distill import callbacks
+from kdkeras.distill import recipes
 from kdkeras.distill.adapters import make_adapter
 from kdkeras.distill.callbacks import BackupAndRestore
+from kdkeras.distill.callbacks import HistoryLog
 from kdkeras.distill.callbacks import Schedule
 from kdkeras.distill.callbacks import TerminateOnNonFinite
 from kdkeras.distill.callbacks import Warmup
@@ -26,6 +30,7 @@ from kdkeras.distill.taps import find_layer
 __all__ = [
     "BackupAndRestore",
     "Distiller",
+    "HistoryLog",
     "Schedule",
     "TerminateOnNonFinite",
     "Warmup",
@@ -35,4 +40,5 @@ __all__ = [
     "find_layer",
     "make_adapter",
     "propose_layer_pairs",
+    "recipes",
 ]

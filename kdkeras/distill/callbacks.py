@@ -5,6 +5,8 @@ step where a loss became NaN or Inf (and the terms that did), instead of
 leaving a NaN model behind; `Distiller.fit` adds it unless one is given.
 `BackupAndRestore` is `keras.callbacks.BackupAndRestore` with atomic backups:
 a crash while a backup is written leaves the previous one usable.
+`HistoryLog` keeps every epoch's logs in a file, so that a resumed run still
+has the curves of the epochs trained before the crash.
 """
 
 import json
@@ -18,7 +20,7 @@ from kdkeras.utils import keras_compat
 from kdkeras.utils.atomic import atomic_path
 from kdkeras.utils.atomic import atomic_write_text
 
-__all__ = ["BackupAndRestore", "Schedule", "TerminateOnNonFinite", "Warmup"]
+__all__ = ["BackupAndRestore", "HistoryLog", "Schedule", "TerminateOnNonFinite", "Warmup"]
 
 
 def _as_float(value):
@@ -159,6 +161,18 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     _STATE = "training_state.json"
 
+    @classmethod
+    def completed_epochs(cls, backup_dir):
+        """How many epochs the backup in `backup_dir` holds: where `fit` resumes (0 if none).
+
+        Reads the single-worker backup (not the `worker-<index>` folders).
+        """
+        path = os.path.join(os.fspath(backup_dir), cls._STATE)
+        if not os.path.exists(path):
+            return 0
+        with open(path, encoding="utf-8") as f:
+            return int(json.load(f)["epoch"])
+
     def _folder(self):
         suffix = _worker_suffix(self.model) if self.model is not None else None
         return os.path.join(self.backup_dir, suffix) if suffix else self.backup_dir
@@ -222,6 +236,56 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         for entry in os.listdir(folder):
             if entry.endswith(".weights.h5") and entry not in keep and not entry.startswith("."):
                 os.remove(os.path.join(folder, entry))
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """Keeps every epoch's logs in a JSON file, across resumed runs.
+
+    The `History` that `fit` returns holds only the epochs of that call: after
+    a crash and a resume (`BackupAndRestore`) the earlier epochs are gone
+    from it. This callback stores each epoch's logs under its epoch number,
+    dropping entries from that epoch on (left by a run that crashed before
+    its backup, or by an earlier, longer run), and replaces the file
+    atomically. Place it before `BackupAndRestore` in the callbacks, so that
+    the log is never behind the backup.
+
+    Args:
+        path: the JSON file (read at construction when it exists).
+
+    Example:
+
+    ```python
+    log = kdkeras.callbacks.HistoryLog("run/backup/history.json")
+    backup = kdkeras.callbacks.BackupAndRestore("run/backup")
+    distiller.fit(x, y, epochs=20, callbacks=[log, backup])
+    log.history["loss"]  # every epoch, also after a resume
+    ```
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.epochs = []
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.epochs = list(json.load(f))
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {k: _as_float(v) for k, v in (logs or {}).items()}
+        entry = {"epoch": int(epoch), **{k: v for k, v in values.items() if v is not None}}
+        self.epochs = [e for e in self.epochs if e["epoch"] < epoch] + [entry]
+        atomic_write_text(self.path, json.dumps(self.epochs, indent=1))
+
+    @property
+    def history(self):
+        """`{metric: [value per epoch]}`, like `keras.callbacks.History.history`."""
+        keys = []
+        for entry in self.epochs:
+            keys += [k for k in entry if k != "epoch" and k not in keys]
+        return {k: [e.get(k) for e in self.epochs] for k in keys}
+
+    def get_config(self):
+        return {"path": self.path}
 
 
 _TARGETS = ("student_loss_weight", "distillation_loss_weights", "temperatures")

@@ -17,6 +17,7 @@ __all__ = [
     "atomic_write_text",
     "discard",
     "publish",
+    "remove_leftovers",
     "staging_path",
 ]
 
@@ -119,6 +120,23 @@ def staging_path(path, is_dir=False, suffix=""):
 def discard(path):
     """Removes a file or folder if it exists."""
     _remove(path)
+
+
+def remove_leftovers(folder):
+    """Removes temporary files and folders left in `folder` by a killed writer.
+
+    A process killed (SIGKILL, power loss) while writing leaves its hidden
+    temporary name (`.<name>.tmp-<random>`) behind; the artifact itself is
+    untouched. Call this only when no other process writes into `folder`.
+    Returns the names removed.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return []
+    removed = [n for n in os.listdir(folder) if n.startswith(".") and ".tmp-" in n]
+    for name in removed:
+        _remove(os.path.join(folder, name))
+    return removed
 
 
 def atomic_write_bytes(path, data):
