@@ -123,19 +123,38 @@ def train_teacher(data, seed, epochs):
     return teacher
 
 
-def run_row(row, data, teacher, seed, epochs, unlabeled=None):
-    """Trains one student as `row` says; returns (last-epoch test accuracy, seconds)."""
+class Curve(keras.callbacks.Callback):
+    """Test accuracy after every epoch, with the training seconds so far (evaluation excluded)."""
+
+    def __init__(self, student, x_test, y_test):
+        super().__init__()
+        self.student, self.x_test, self.y_test = student, x_test, y_test
+        self.points, self.seconds = [], 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds += time.perf_counter() - self.start
+        self.points.append(
+            (epoch + 1, self.seconds, accuracy(self.student, self.x_test, self.y_test))
+        )
+
+
+def run_row(row, data, teacher, seed, epochs, unlabeled=None, curve=False):
+    """Trains one student as `row` says; returns (last-epoch test accuracy, seconds[, curve])."""
     (x, y), (x_test, y_test) = data
     keras.utils.set_random_seed(seed + 1)  # the same initial student for every row
     student = student_model(row["student"], x.shape[1:], 10)
     method = row["method"]
     epochs = epochs * row.get("patience", 1)
+    callbacks = [Curve(student, x_test, y_test)] if curve else []
     start = time.perf_counter()
     if method in ("labels", "labels+aug"):
         model = student if method == "labels" else keras.Sequential([augmentation(seed), student])
         keras.utils.set_random_seed(seed)
         model.compile(optimizer(_steps(len(x), epochs)), _ce())
-        model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
+        model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=callbacks)
     elif method == "peer":
         import keras.distillation as peer
 
@@ -158,39 +177,52 @@ def run_row(row, data, teacher, seed, epochs, unlabeled=None):
         keras.utils.set_random_seed(seed)
         if not views:
             x_fit = distiller.cache_teacher_outputs(x_fit)
-        distiller.fit(x_fit, y_fit, batch_size=BATCH, epochs=epochs, verbose=0)
+        distiller.fit(x_fit, y_fit, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=callbacks)
     seconds = time.perf_counter() - start
+    if curve:
+        return accuracy(student, x_test, y_test), callbacks[0].seconds, callbacks[0].points
     return accuracy(student, x_test, y_test), seconds
 
 
-def rows_for(student, settings, patience):
+def rows_for(student, settings, patience, patient_methods=("kd",)):
+    """The rows of one student: baselines and KD at the base length, then patient ones."""
     t, slw, alpha = settings["T"], settings["slw"], settings["alpha"]
-    rows = [
-        {"name": "labels", "student": student, "method": "labels"},
-        {"name": "labels + aug (fair baseline)", "student": student, "method": "labels+aug"},
-        {"name": "KD (cached, no aug)", "student": student, "method": "kd", "T": 4.0, "slw": 0.5},
-        {"name": "KD + views", "student": student, "method": "kd+views", "T": t, "slw": slw},
-        {
-            "name": "KD + views + mixup",
-            "student": student,
-            "method": "kd+views+mixup",
-            "T": t,
-            "slw": slw,
-            "alpha": alpha,
-        },
-    ]
-    if patience > 1:
-        rows.append(
-            {**rows[-1], "name": f"KD + views + mixup (x{patience} epochs)", "patience": patience}
-        )
-        rows.append(
+    kd = {"student": student, "T": t, "slw": slw}
+    rows = []
+    for p in sorted({1, patience}):
+        tag = "" if p == 1 else f" (x{p} epochs)"
+        rows += [
+            {"name": "labels" + tag, "student": student, "method": "labels", "patience": p},
             {
-                "name": f"labels + aug (x{patience} epochs)",
+                "name": "labels + aug" + tag,
                 "student": student,
                 "method": "labels+aug",
-                "patience": patience,
-            }
-        )
+                "patience": p,
+            },
+            {"name": f"KD, T={t:g}, cached" + tag, **kd, "method": "kd", "patience": p},
+            {"name": f"KD + views, T={t:g}" + tag, **kd, "method": "kd+views", "patience": p},
+            {
+                "name": f"KD + views + mixup {alpha:g}, T={t:g}" + tag,
+                **kd,
+                "method": "kd+views+mixup",
+                "alpha": alpha,
+                "patience": p,
+            },
+        ]
+        if p > 1:
+            keep = ("labels+aug", *patient_methods)
+            rows = [r for r in rows if r.get("patience") != p or r["method"] in keep]
+        if p == 1:
+            rows.insert(
+                2,
+                {
+                    "name": "KD, T=4, cached (old recipe)",
+                    "student": student,
+                    "method": "kd",
+                    "T": 4.0,
+                    "slw": 0.5,
+                },
+            )
     return rows
 
 
@@ -205,22 +237,31 @@ def load(name, validate):
 
 
 def summarize(results, students):
-    """Rows of mean ± std accuracy, gap closed and seconds, per student and row."""
+    """Rows of mean ± std accuracy, gain and gap closed against the fair baseline, and seconds.
+
+    The fair baseline of a row is, per seed, the better of the two labels-only
+    rows (with and without augmentation) trained for as many epochs: the
+    harder baseline, so a gain comes from the teacher, not from the
+    augmentation or the schedule.
+    """
     table = []
     for student in students:
         per = [r for r in results if r["student"] == student]
-        names = list(dict.fromkeys(r["row"] for r in per))
-        fair = {r["seed"]: r["accuracy"] for r in per if r["row"].startswith("labels + aug (fair")}
-        teacher = {r["seed"]: r["teacher"] for r in per}
-        for name in names:
+        fair = {}
+        for r in per:
+            if r["settings"]["method"] in ("labels", "labels+aug"):
+                key = (r["seed"], r["settings"].get("patience", 1))
+                fair[key] = max(fair.get(key, 0.0), r["accuracy"])
+        for name in dict.fromkeys(r["row"] for r in per):
             rs = [r for r in per if r["row"] == name]
+            keys = [(r["seed"], r["settings"].get("patience", 1)) for r in rs]
             acc = [r["accuracy"] for r in rs]
+            gains = [r["accuracy"] - fair[k] for r, k in zip(rs, keys) if k in fair]
             gaps = [
-                (r["accuracy"] - fair[r["seed"]]) / (teacher[r["seed"]] - fair[r["seed"]])
-                for r in rs
-                if r["seed"] in fair and teacher[r["seed"]] > fair[r["seed"]]
+                (r["accuracy"] - fair[k]) / (r["teacher"] - fair[k])
+                for r, k in zip(rs, keys)
+                if k in fair and r["teacher"] > fair[k]
             ]
-            gains = [r["accuracy"] - fair[r["seed"]] for r in rs if r["seed"] in fair]
             se = np.std(gains, ddof=1) / np.sqrt(len(gains)) if len(gains) > 1 else float("nan")
             table.append(
                 {
@@ -234,6 +275,78 @@ def summarize(results, students):
                 }
             )
     return table
+
+
+def time_to_accuracy(args):
+    """Epochs and seconds for the KD row to reach the fair baseline's final accuracy."""
+    data = load(args.data, False)
+    results = []
+    for seed in range(args.seeds):
+        teacher = train_teacher(data, seed, args.teacher_epochs)
+        for student in args.students.split(","):
+            base = {"student": student, "method": "labels+aug", "patience": args.patience}
+            kd = {
+                "student": student,
+                "method": "kd",
+                "T": args.temperature,
+                "slw": args.student_loss_weight,
+                "patience": args.patience,
+            }
+            b_acc, b_sec, _ = run_row(base, data, teacher, seed, args.epochs, curve=True)
+            k_acc, k_sec, points = run_row(kd, data, teacher, seed, args.epochs, curve=True)
+            reached = next(((e, t) for e, t, a in points if a >= b_acc), (None, None))
+            results.append(
+                {
+                    "seed": seed,
+                    "student": student,
+                    "baseline": b_acc,
+                    "baseline_seconds": b_sec,
+                    "kd": k_acc,
+                    "kd_seconds": k_sec,
+                    "epochs_to_baseline": reached[0],
+                    "seconds_to_baseline": reached[1],
+                    "total_epochs": args.epochs * args.patience,
+                    "curve": points,
+                }
+            )
+            print(
+                f"  {student}: fair {b_acc:.4f} in {b_sec:.1f} s; KD {k_acc:.4f}, reached it at epoch {reached[0]} ({reached[1] or float('nan'):.1f} s)",
+                flush=True,
+            )
+    table = []
+    for student in args.students.split(","):
+        rs = [r for r in results if r["student"] == student]
+        hit = [r for r in rs if r["epochs_to_baseline"] is not None]
+        table.append(
+            {
+                "student": student,
+                "fair baseline (final)": kdkeras.comparison.mean_std([r["baseline"] for r in rs]),
+                "baseline seconds": f"{np.mean([r['baseline_seconds'] for r in rs]):.1f}",
+                "KD reached it (seeds)": f"{len(hit)}/{len(rs)}",
+                "KD epochs to reach": kdkeras.comparison.mean_std(
+                    [float(r["epochs_to_baseline"]) for r in hit]
+                )
+                if hit
+                else "-",
+                "KD seconds to reach": kdkeras.comparison.mean_std(
+                    [r["seconds_to_baseline"] for r in hit]
+                )
+                if hit
+                else "-",
+                "epochs in all": rs[0]["total_epochs"],
+            }
+        )
+    print(tables.format_table(table))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        atomic_write_text(
+            os.path.join(args.out, "time_to_accuracy.json"),
+            json.dumps({"args": vars(args), "results": results}, indent=2) + "\n",
+        )
+        atomic_write_text(
+            os.path.join(args.out, "time_to_accuracy.md"), tables.format_table(table) + "\n"
+        )
+    return 0
 
 
 def _grid(text):
@@ -314,7 +427,13 @@ def main(argv=None):
         "--patience", type=int, default=1, help="epochs multiplier of the patient rows"
     )
     parser.add_argument(
-        "--rows", default=None, help="comma-separated row names to keep (all if absent)"
+        "--time-to-accuracy",
+        action="store_true",
+        help="epochs and seconds for KD to reach the fair baseline",
+    )
+    parser.add_argument("--patient-methods", default="kd", help="KD methods also run patient")
+    parser.add_argument(
+        "--rows", default=None, help="KD methods to keep besides the baselines (all if absent)"
     )
     parser.add_argument("--peer", action="store_true", help="add keras.distillation's defaults")
     parser.add_argument("--hungry", action="store_true", help="the 10%%-labels case")
@@ -327,6 +446,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.sweep is not None:
         return sweep(args)
+    if args.time_to_accuracy:
+        return time_to_accuracy(args)
 
     data = load(args.data, args.validate)
     students = args.students.split(",")
@@ -385,7 +506,10 @@ def main(argv=None):
                 ]
             else:
                 rows = [
-                    (r, data, args.epochs, None) for r in rows_for(student, settings, args.patience)
+                    (r, data, args.epochs, None)
+                    for r in rows_for(
+                        student, settings, args.patience, args.patient_methods.split(",")
+                    )
                 ]
                 if args.peer:
                     rows.append(
@@ -401,11 +525,8 @@ def main(argv=None):
                         )
                     )
             for row, row_data, epochs, unlabeled in rows:
-                if (
-                    args.rows
-                    and row["name"] not in args.rows.split(",")
-                    and not row["name"].startswith("labels + aug (fair")
-                ):
+                keep = (args.rows or "").split(",") + ["labels", "labels+aug"]
+                if args.rows and row["method"] not in keep:
                     continue
                 acc, seconds = run_row(row, row_data, teacher, seed, epochs, unlabeled)
                 params = student_model(student, data[0][0].shape[1:], 10).count_params()

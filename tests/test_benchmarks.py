@@ -24,7 +24,12 @@ def test_step_time_smoke_reports_every_ratio(tmp_path):
     result = _run(["benchmarks/step_time.py", "--smoke", "--json", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert set(report["ratios"]) == {"(c) / ((a) + (b))", "(d) / (a)", "(c) / (e)"}
+    assert set(report["ratios"]) == {
+        "(c) / ((a) + (b))",
+        "(d) / (a)",
+        "(c) / (e)",
+        "(g) / ((c) + (f))",
+    }
     times = report["times"]
     short = {name[:3]: min(values) for name, values in times.items()}
     assert report["ratios"]["(c) / (e)"] == short["(c)"] / short["(e)"]
@@ -36,3 +41,20 @@ def test_peer_accuracy_smoke_trains_all_four():
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("| teacher |", "| scratch |", "| keras.distillation |", "| kdkeras |"):
         assert name in result.stdout
+
+
+def test_accuracy_study_smoke_reports_fair_gains(tmp_path):
+    result = _run(["benchmarks/accuracy.py", "--smoke", "--out", str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((tmp_path / "accuracy.json").read_text())
+    rows = {r["row"]: r for r in saved["results"]}
+    assert "labels + aug" in rows and "KD + views, T=4" in rows
+    fair = max(rows["labels"]["accuracy"], rows["labels + aug"]["accuracy"])
+    gain = rows["KD + views, T=4"]["accuracy"] - fair
+    assert f"{gain:+.4f}" in (tmp_path / "accuracy.md").read_text()
+
+
+def test_accuracy_sweep_refuses_the_test_set():
+    result = _run(["benchmarks/accuracy.py", "--sweep", "T=2", "--smoke"])
+    assert result.returncode != 0
+    assert "--validate" in result.stderr
