@@ -129,9 +129,22 @@ def test_teacher_files(tmp_path):
 # ------------------------------------------------------------ recipes
 
 
-def test_recommended_starts_as_kd():
-    assert recipes.RECIPES["recommended"] == recipes.RECIPES["kd"]
+def test_recommended_is_the_study_setting_with_a_warmed_up_cosine_schedule():
+    recommended = recipes.RECIPES["recommended"]
+    assert recommended["terms"] == [{"term": "logits", "temperature": 8.0, "weight": 1.0}]
+    assert recommended["student_loss_weight"] == 0.5 and recommended["cache_teacher"]
     assert sorted(recipes.RECIPES) == ["dist", "dkd", "feature", "kd", "recommended"]
+    teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    distiller, compile_kwargs, _ = recipes.build(
+        "recommended", teacher, student, num_classes=3, epochs=10, steps_per_epoch=10
+    )
+    assert distiller.distillation_losses[0].temperature == 8.0
+    config = compile_kwargs["optimizer"].get_config()["learning_rate"]
+    schedule = keras.optimizers.schedules.deserialize(config)
+    lr = [float(schedule(step)) for step in (0, 5, 100)]
+    assert lr[0] == 0.0 and lr[1] == pytest.approx(2e-3) and lr[2] == pytest.approx(0.0, abs=1e-9)
+    assert compile_kwargs["optimizer"].clipnorm == 1.0
     with pytest.raises(ValueError, match=r"recipe in \['dist', .*Received: recipe='fitnets'"):
         recipes.settings("fitnets")
 
