@@ -79,6 +79,7 @@ def compare_output_kd(
     cache_teacher=False,
     backup_dir=None,
     verbose=0,
+    student_optimizer="adam",
 ):
     """Trains a teacher, a scratch student and a distilled student; compares them.
 
@@ -108,6 +109,11 @@ def compare_output_kd(
             not repeated. Remove the folder to start over. Defaults to
             `None` (no backups).
         verbose: Keras verbosity for `fit`. Defaults to 0.
+        student_optimizer: the optimizer of both students (an identifier,
+            or a function `(epochs, steps_per_epoch) -> optimizer` called
+            once per student, e.g. a recipe's optimizer with its learning-rate
+            schedule: `kdkeras.distill.recipes.make_optimizer`). Defaults to
+            `"adam"`.
 
     Returns:
         A dict with `rows` (one dict per model: `model`, `params`,
@@ -139,7 +145,14 @@ def compare_output_kd(
     keras.utils.set_random_seed(seed + 1)
     scratch = make_student(input_shape, num_classes)
     initial = scratch.get_weights()
-    scratch.compile(optimizer="adam", loss=_ce(), metrics=["accuracy"])
+    steps_per_epoch = -(-len(x_train) // batch_size)
+
+    def optimizer():
+        if callable(student_optimizer):
+            return student_optimizer(epochs, steps_per_epoch)
+        return student_optimizer
+
+    scratch.compile(optimizer=optimizer(), loss=_ce(), metrics=["accuracy"])
     scratch_times = _fit(
         scratch, x_train, y_train, epochs, batch_size, verbose, seed, backup("scratch")
     )
@@ -152,7 +165,7 @@ def compare_output_kd(
         distillation_losses=LogitsDistillation(temperature=temperature),
         student_loss_weight=student_loss_weight,
     )
-    distiller.compile(optimizer="adam", loss=_ce(), metrics=["accuracy"])
+    distiller.compile(optimizer=optimizer(), loss=_ce(), metrics=["accuracy"])
     x_distill = distiller.cache_teacher_outputs(x_train) if cache_teacher else x_train
     distill_times = _fit(
         distiller, x_distill, y_train, epochs, batch_size, verbose, seed, backup("distilled")

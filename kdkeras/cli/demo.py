@@ -23,7 +23,10 @@ def add_parser(subparsers):
     parser.add_argument("--epochs", type=int, default=30, help="student epochs (default: 30)")
     parser.add_argument("--teacher-epochs", type=int, default=6, help="teacher epochs (default: 6)")
     parser.add_argument(
-        "--temperature", type=float, default=4.0, help="KD temperature (default: 4)"
+        "--temperature",
+        type=float,
+        default=8.0,
+        help="KD temperature (default: 8, the recommended recipe's)",
     )
     parser.add_argument(
         "--student-loss-weight", type=float, default=0.5, help="ground-truth weight (default: 0.5)"
@@ -42,6 +45,7 @@ def run(args):
     from kdkeras import comparison
     from kdkeras import datasets
     from kdkeras import models
+    from kdkeras.distill import recipes
     from kdkeras.utils import tables
     from kdkeras.utils.atomic import atomic_path
 
@@ -70,6 +74,10 @@ def run(args):
         cache_teacher=True,
         backup_dir=args.backup_dir,
         verbose=verbose,
+        # Both students get the recommended recipe's optimizer and schedule.
+        student_optimizer=lambda epochs, steps: recipes.make_optimizer(
+            "recommended", epochs=epochs, steps_per_epoch=steps
+        ),
     )
     rows = result["rows"]
     print()

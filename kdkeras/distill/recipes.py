@@ -36,7 +36,7 @@ from kdkeras.losses import DKD
 from kdkeras.losses import FeatureDistillation
 from kdkeras.losses import LogitsDistillation
 
-__all__ = ["RECIPES", "build", "settings"]
+__all__ = ["RECIPES", "build", "make_optimizer", "settings"]
 
 _ADAM = {"name": "adam", "learning_rate": 1e-3}
 
@@ -142,6 +142,37 @@ def _terms(specs, teacher, student, verbose):
     return terms, weights
 
 
+def make_optimizer(name, *, epochs, steps_per_epoch):
+    """A fresh optimizer with recipe `name`'s settings and learning-rate schedule.
+
+    Also for the labels-only baseline of a fair comparison: the same
+    optimizer and schedule as the distilled student.
+    """
+    recipe = settings(name)
+    options = dict(recipe["optimizer"])
+    learning_rate = options.pop("learning_rate")
+    steps = max(1, epochs * steps_per_epoch)
+    if recipe["schedule"] == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
+    elif recipe["schedule"] == "cosine_warmup":
+        warmup = max(1, steps // 20)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            0.0,
+            decay_steps=max(1, steps - warmup),
+            warmup_target=learning_rate,
+            warmup_steps=warmup,
+        )
+    elif recipe["schedule"] is not None:
+        raise ValueError(
+            "Expected schedule None, 'cosine' or 'cosine_warmup'. "
+            f"Received: schedule={recipe['schedule']!r}"
+        )
+    optimizer = keras.optimizers.get(
+        {"class_name": options.pop("name"), "config": {"learning_rate": learning_rate, **options}}
+    )
+    return optimizer
+
+
 def build(name, teacher, student, *, num_classes, epochs, steps_per_epoch, verbose=True):
     """Builds the `Distiller` of recipe `name`, with its `compile` arguments and callbacks.
 
@@ -189,27 +220,7 @@ def build(name, teacher, student, *, num_classes, epochs, steps_per_epoch, verbo
         student_loss_weight=recipe["student_loss_weight"],
         **recipe["distiller"],
     )
-    options = dict(recipe["optimizer"])
-    learning_rate = options.pop("learning_rate")
-    steps = max(1, epochs * steps_per_epoch)
-    if recipe["schedule"] == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
-    elif recipe["schedule"] == "cosine_warmup":
-        warmup = max(1, steps // 20)
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0,
-            decay_steps=max(1, steps - warmup),
-            warmup_target=learning_rate,
-            warmup_steps=warmup,
-        )
-    elif recipe["schedule"] is not None:
-        raise ValueError(
-            "Expected schedule None, 'cosine' or 'cosine_warmup'. "
-            f"Received: schedule={recipe['schedule']!r}"
-        )
-    optimizer = keras.optimizers.get(
-        {"class_name": options.pop("name"), "config": {"learning_rate": learning_rate, **options}}
-    )
+    optimizer = make_optimizer(name, epochs=epochs, steps_per_epoch=steps_per_epoch)
     compile_kwargs = {
         "optimizer": optimizer,
         "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
