@@ -216,7 +216,10 @@ def dist_loss(teacher_logits, student_logits, beta=1.0, gamma=1.0, temperature=1
     the batch mean equals the paper's loss. Sample weights therefore weight
     the inter-class part per sample and scale the intra-class part by their
     mean; every sample of the batch, zero-weighted ones included, enters the
-    intra-class correlations. Both parts are scaled by T^2.
+    intra-class correlations. Both parts are scaled by T^2. Under a
+    `tf.distribute` strategy the `Distiller` gathers the batch from every
+    replica first (`needs_global_batch`), so the intra-class correlations
+    span the global batch, as on one device.
 
     Args:
         teacher_logits: `(batch, num_classes)` logits of the teacher.
@@ -395,6 +398,8 @@ class DIST(DistillationLoss):
         Huang et al. Knowledge Distillation from A Stronger Teacher.
         NeurIPS 2022. https://arxiv.org/abs/2205.10536
     """
+
+    needs_global_batch = True
 
     def __init__(self, beta=1.0, gamma=1.0, temperature=1.0, name=None):
         super().__init__(name=name)
