@@ -526,6 +526,15 @@ def test_a_term_that_needs_indices_must_accept_them():
         make(terms=Needy())
 
 
+def test_standardization_needs_a_single_teacher():
+    with pytest.raises(ValueError, match="single teacher.*standardize=True"):
+        kdkeras.Distiller(
+            [mlp(8, "t1"), mlp(8, "t2")],
+            mlp(4, "s"),
+            kdkeras.LogitsDistillation(standardize=True),
+        )
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_trains(policy):
     keras.config.set_dtype_policy(policy)

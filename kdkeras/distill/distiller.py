@@ -362,6 +362,13 @@ class Distiller(keras.Model):
                     "terms would compare against averaged log-probabilities. "
                     f"Received: distillation_losses[{i}]={type(term).__name__}"
                 )
+            if getattr(term, "standardize", False) is True and len(self._teachers) > 1:
+                raise ValueError(
+                    "Logit standardization needs a single teacher: the soft targets of "
+                    "several teachers are averaged from their raw logits. Received: "
+                    f"{len(self._teachers)} teachers and distillation_losses[{i}] with "
+                    "standardize=True"
+                )
             self._teacher_taps.append(
                 None if t_name is None else taps.find_layer(self._teachers[0], t_name, "teacher")
             )

@@ -24,6 +24,7 @@ from kdkeras.losses.logits import dkd_loss
 from kdkeras.losses.logits import ensemble_logits
 from kdkeras.losses.logits import kd_loss
 from kdkeras.losses.logits import soft_cross_entropy
+from kdkeras.losses.logits import standardize_logits
 
 __all__ = [
     "AttentionTransfer",
@@ -50,4 +51,5 @@ __all__ = [
     "rkd_distance_loss",
     "similarity_preserving_loss",
     "soft_cross_entropy",
+    "standardize_logits",
 ]
