@@ -401,8 +401,9 @@ def local_copies(strategy, variable):
         lambda: kdkeras.RKD("hidden", "hidden"),
         lambda: kdkeras.PKT("hidden", "hidden"),
         lambda: kdkeras.DIST(temperature=2.0),
+        lambda: kdkeras.CRD("hidden", "hidden", num_samples=16, feat_dim=5, nce_k=7, seed=3),
     ],
-    ids=["SP", "RKD", "PKT", "DIST"],
+    ids=["SP", "RKD", "PKT", "DIST", "CRD"],
 )
 def test_batch_relational_and_stateful_terms_under_mirrored_strategy_equal_one_device(
     make_term, mirrored_strategy
