@@ -1,6 +1,7 @@
 """Distillation: the `Distiller` and what its training step needs.
 
-Modules: `distiller` (the `Distiller`), `taps` (intermediate outputs during
+Modules: `distiller` (the `Distiller`), `arguments` (its constructor
+arguments checked, saved and restored), `taps` (intermediate outputs during
 the single forward pass), `layer_pairs` (`propose_layer_pairs`), `adapters`
 (student features mapped to the teacher's shapes), `teacher_cache` (teacher
 outputs computed once), `data_checks` (bad input caught before `fit`),
