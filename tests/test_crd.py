@@ -305,7 +305,7 @@ def test_student_saves_without_heads_and_the_distiller_keeps_its_banks(tmp_path)
     distiller.save(tmp_path / "distiller.keras")
     loaded = keras.saving.load_model(tmp_path / "distiller.keras")
     memory = loaded.distillation_losses[1].memory
-    for name in ("teacher_bank", "student_bank", "normalizers"):
+    for name in ("teacher_bank", "student_bank", "normalizers", "sampler_state"):
         np.testing.assert_array_equal(
             getattr(memory, name).numpy(), getattr(crd.memory, name).numpy()
         )
@@ -327,3 +327,22 @@ def test_crd_trains_under_xla_and_mixed_precision():
     assert np.all(np.isfinite(history.history["crd_loss"]))
     assert history.history["crd_loss"][0] > 0
     assert crd.memory.teacher_bank.dtype == "float32"
+
+
+def test_a_run_resumed_from_saved_weights_draws_the_same_negatives(tmp_path):
+    # The sampler's state is a weight: one epoch, save, reload into a fresh
+    # Distiller, one more epoch equals two epochs in a row.
+    straight, crd = distiller_with_crd(num_samples=8, lr=0.1)
+    straight.fit(X, Y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    first, _ = distiller_with_crd(num_samples=8, lr=0.1)
+    first.fit(X, Y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    first.save_weights(tmp_path / "epoch1.weights.h5")
+    resumed, resumed_crd = distiller_with_crd(num_samples=8, lr=0.1)
+    resumed.load_weights(tmp_path / "epoch1.weights.h5")
+    resumed.fit(X, Y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(straight.trainable_variables, resumed.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    for name in ("teacher_bank", "student_bank", "sampler_state"):
+        np.testing.assert_allclose(
+            getattr(crd.memory, name).numpy(), getattr(resumed_crd.memory, name).numpy(), atol=1e-6
+        )

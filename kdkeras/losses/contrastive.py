@@ -215,7 +215,8 @@ class ContrastMemory(keras.layers.Layer):
         nce_t: NCE temperature. Defaults to 0.07.
         nce_m: momentum of the bank update. Defaults to 0.5.
         seed: seed of the bank initialization and the negative draws.
-            Defaults to `None`.
+            Defaults to `None`. The draws' state is a weight
+            (`sampler_state`), saved with the banks.
         **kwargs: passed to `keras.layers.Layer`.
     """
 
@@ -252,11 +253,23 @@ class ContrastMemory(keras.layers.Layer):
             trainable=False,
             name="normalizers",
         )
+        # The sampler's state as a weight of this layer, so that it is saved
+        # and a resumed run draws the negatives an uninterrupted one would
+        # (Keras saves no SeedGenerator state).
+        self.sampler_state = self.add_weight(
+            shape=(2,),
+            initializer="zeros",
+            dtype=self.seed_generator.state.dtype,
+            trainable=False,
+            name="sampler_state",
+        )
+        self.sampler_state.assign(self.seed_generator.state)
         self.built = True
 
     def sample_contrast_indices(self, indices):
         """`(batch, 1 + nce_k)`: each index, then `nce_k` uniform draws."""
         indices = ops.cast(indices, "int32")
+        self.seed_generator.state.assign(self.sampler_state)
         negatives = keras.random.randint(
             (ops.shape(indices)[0], self.nce_k),
             0,
@@ -264,6 +277,7 @@ class ContrastMemory(keras.layers.Layer):
             dtype="int32",
             seed=self.seed_generator,
         )
+        self.sampler_state.assign(self.seed_generator.state)
         return ops.concatenate([ops.expand_dims(indices, -1), negatives], axis=-1)
 
     def call(self, teacher_embeddings, student_embeddings, indices, training=False):
