@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 # Public name -> module that defines it (a module itself when equal).
 _EXPORTS = {
     "AttentionTransfer": "kdkeras.losses",
+    "CRD": "kdkeras.losses",
     "DIST": "kdkeras.losses",
     "DKD": "kdkeras.losses",
     "DistillationLoss": "kdkeras.losses",

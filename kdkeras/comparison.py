@@ -80,11 +80,13 @@ def compare_output_kd(
     backup_dir=None,
     verbose=0,
     student_optimizer="adam",
+    variants=None,
 ):
     """Trains a teacher, a scratch student and a distilled student; compares them.
 
     The scratch and distilled students start from the same initial weights
-    and see the same batches; only the loss differs.
+    and see the same batches; only the loss differs. `variants` adds more
+    distilled students, trained the same way with other terms.
 
     Args:
         data: `((x_train, y_train), (x_test, y_test))`, labels as class
@@ -114,11 +116,17 @@ def compare_output_kd(
             once per student, e.g. a recipe's optimizer with its learning-rate
             schedule: `kdkeras.distill.recipes.make_optimizer`). Defaults to
             `"adam"`.
+        variants: a dict `label -> distillation term` (or list of terms):
+            one more distilled student per entry, from the same initial
+            weights, with the same batches and `student_loss_weight`, its
+            row labelled `label` after the distilled one. Defaults to
+            `None`.
 
     Returns:
         A dict with `rows` (one dict per model: `model`, `params`,
         `test_accuracy`, `teacher_agreement`, `epoch_time_s`) and the models
-        under `teacher`, `scratch`, `distilled`.
+        under `teacher`, `scratch`, `distilled` and `variants` (label ->
+        student).
     """
     (x_train, y_train), (x_test, y_test) = data
     input_shape, num_classes = x_train.shape[1:], int(max(y_train.max(), y_test.max()) + 1)
@@ -157,27 +165,32 @@ def compare_output_kd(
         scratch, x_train, y_train, epochs, batch_size, verbose, seed, backup("scratch")
     )
 
-    distilled = keras.models.clone_model(scratch)
-    distilled.set_weights(initial)
-    distiller = Distiller(
-        teacher=teacher,
-        student=distilled,
-        distillation_losses=LogitsDistillation(temperature=temperature),
-        student_loss_weight=student_loss_weight,
-    )
-    distiller.compile(optimizer=optimizer(), loss=_ce(), metrics=["accuracy"])
-    x_distill = distiller.cache_teacher_outputs(x_train) if cache_teacher else x_train
-    distill_times = _fit(
-        distiller, x_distill, y_train, epochs, batch_size, verbose, seed, backup("distilled")
-    )
+    def distil(terms, name):
+        student = keras.models.clone_model(scratch)
+        student.set_weights(initial)
+        distiller = Distiller(
+            teacher=teacher,
+            student=student,
+            distillation_losses=terms,
+            student_loss_weight=student_loss_weight,
+        )
+        distiller.compile(optimizer=optimizer(), loss=_ce(), metrics=["accuracy"])
+        x_distill = distiller.cache_teacher_outputs(x_train) if cache_teacher else x_train
+        times = _fit(distiller, x_distill, y_train, epochs, batch_size, verbose, seed, backup(name))
+        return student, times
 
-    teacher_pred = _predict_logits(teacher, x_test).argmax(-1)
-    rows = []
-    for label, model, times in (
+    distilled, distill_times = distil(LogitsDistillation(temperature=temperature), "distilled")
+    trained = [
         ("teacher", teacher, teacher_times),
         ("student (scratch)", scratch, scratch_times),
         ("student (distilled)", distilled, distill_times),
-    ):
+    ]
+    for i, (label, terms) in enumerate((variants or {}).items()):
+        trained.append((label, *distil(terms, f"variant{i}")))
+
+    teacher_pred = _predict_logits(teacher, x_test).argmax(-1)
+    rows = []
+    for label, model, times in trained:
         pred = _predict_logits(model, x_test).argmax(-1)
         rows.append(
             {
@@ -189,7 +202,13 @@ def compare_output_kd(
                 "epoch_time_s": _steady_epoch_time(times) if times else None,
             }
         )
-    return {"rows": rows, "teacher": teacher, "scratch": scratch, "distilled": distilled}
+    return {
+        "rows": rows,
+        "teacher": teacher,
+        "scratch": scratch,
+        "distilled": distilled,
+        "variants": {label: model for label, model, _ in trained[3:]},
+    }
 
 
 def mean_std(values):

@@ -25,3 +25,17 @@ def _seed_and_policy():
     keras.utils.set_random_seed(0)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One `MirroredStrategy` on the two logical CPUs, shared by every test.
+
+    TensorFlow keys its collective ops by strategy-local counters: a second
+    `MirroredStrategy` in the same process reuses the first one's keys, and
+    collectives of different shapes then fail ("Shape mismatch in the
+    collective instance"), with plain Keras models too.
+    """
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "conftest configures two logical CPU devices"
+    return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])

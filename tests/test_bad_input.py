@@ -223,6 +223,56 @@ def test_negative_sample_weights():
 # ------------------------------------------------- data, during training
 
 
+def _crd_distiller(num_samples=16):
+    distiller = kdkeras.Distiller(
+        _teacher(),
+        _student(),
+        [
+            kdkeras.LogitsDistillation(temperature=2.0),
+            kdkeras.CRD("t_hidden", "s_hidden", num_samples=num_samples, feat_dim=4, nce_k=3),
+        ],
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return distiller
+
+
+def test_dataset_without_indices_for_a_term_that_needs_them():
+    x, y = _data()
+    distiller = _crd_distiller()
+    before = distiller.student.get_weights()
+    with pytest.raises(ValueError, match="CRD needs them.*Received: a dataset with element_spec"):
+        distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), verbose=0)
+    _untouched(distiller, before)
+
+
+def test_generator_batch_without_indices_for_a_term_that_needs_them():
+    x, y = _data()
+
+    def batches():
+        while True:
+            yield x[:4], y[:4]
+
+    with pytest.raises(ValueError, match=r"distillation_losses\[1\] \(CRD.*a batch without"):
+        _crd_distiller().fit(batches(), steps_per_epoch=1, verbose=0)
+
+
+def test_more_samples_than_the_memory_bank_has_rows():
+    x, y = _data()
+    distiller = _crd_distiller(num_samples=5)
+    with pytest.raises(ValueError, match=r"\[0, 5\).*Received: indices from 0 to 15"):
+        distiller.fit(x, y, verbose=0)
+
+
+def test_standardization_with_several_teachers():
+    with pytest.raises(ValueError, match="Received: 2 teachers.*standardize=True"):
+        kdkeras.Distiller(
+            [_teacher(), _teacher()], _student(), kdkeras.LogitsDistillation(standardize=True)
+        )
+
+
 def test_non_finite_batch_in_a_dataset_names_the_step():
     x, y = _data()
     x[5, 0] = NAN  # second batch of 4

@@ -51,6 +51,11 @@ def np_dist(t, s, beta, gamma, temp):
     return (beta * inter + gamma * intra) * temp**2
 
 
+def np_standardize(z, eps=1e-7):
+    # Population standard deviation, as in the paper (np.std's default).
+    return (z - z.mean(-1, keepdims=True)) / (z.std(-1, keepdims=True) + eps)
+
+
 RNG = np.random.default_rng(0)
 T_LOGITS = RNG.normal(size=(6, 5)).astype("float32") * 3
 S_LOGITS = RNG.normal(size=(6, 5)).astype("float32") * 3
@@ -152,6 +157,91 @@ def test_ensemble_logits_soft_targets_are_weighted_average():
     np.testing.assert_allclose(_softmax(np.asarray(z) / temperature), want, atol=1e-6)
 
 
+def test_standardize_logits_matches_numpy_mean_zero_std_one():
+    z = np.asarray(losses.standardize_logits(T_LOGITS))
+    np.testing.assert_allclose(z, np_standardize(T_LOGITS.astype("float64")), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z.mean(-1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(z.std(-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_standardized_terms_match_numpy(temperature):
+    t64, s64 = T_LOGITS.astype("float64"), S_LOGITS.astype("float64")
+    zt, zs = np_standardize(t64), np_standardize(s64)
+    # T^2 stays with standardization, as in the authors' code.
+    np.testing.assert_allclose(
+        losses.kd_loss(T_LOGITS, S_LOGITS, temperature, standardize=True),
+        np_kd(zt, zs, temperature),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        losses.kd_loss(T_LOGITS, S_LOGITS, temperature, reverse=True, standardize=True),
+        np_kd(zt, zs, temperature, reverse=True),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        losses.dkd_loss(T_LOGITS, S_LOGITS, y=LABELS, temperature=temperature, standardize=True),
+        np_dkd(zt, zs, LABELS, 1.0, 8.0, temperature),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        losses.dist_loss(T_LOGITS, S_LOGITS, 1.0, 2.0, temperature, standardize=True),
+        np_dist(zt, zs, 1.0, 2.0, temperature),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    pt = _softmax(zt / temperature)
+    entropy = -(pt * np.log(pt)).sum(-1) * temperature**2
+    np.testing.assert_allclose(
+        losses.soft_cross_entropy(T_LOGITS, S_LOGITS, temperature, standardize=True),
+        np_kd(zt, zs, temperature) + entropy,
+        rtol=1e-4,
+    )
+
+
+def test_standardized_kd_ignores_each_models_logit_shift_and_scale():
+    # The point of the paper: only the logits' relations matter, not their
+    # range, so a student need not match the teacher's magnitude.
+    base = np.asarray(losses.kd_loss(T_LOGITS, S_LOGITS, 2.0, standardize=True))
+    moved = losses.kd_loss(5.0 * T_LOGITS + 3.0, 0.2 * S_LOGITS - 7.0, 2.0, standardize=True)
+    np.testing.assert_allclose(moved, base, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(
+        losses.kd_loss(5.0 * T_LOGITS, S_LOGITS, 2.0), losses.kd_loss(T_LOGITS, S_LOGITS, 2.0)
+    )
+
+
+def test_standardized_gradient_is_finite_for_equal_logits():
+    s = tf.Variable(np.zeros((2, 5), "float32"))
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(losses.kd_loss(T_LOGITS[:2], s, 2.0, standardize=True))
+    assert np.isfinite(float(value))
+    assert np.all(np.isfinite(tape.gradient(value, s).numpy()))
+
+
+def test_standardize_classes_match_functions_and_validate():
+    for term, want in (
+        (
+            kdkeras.LogitsDistillation(2.0, standardize=True),
+            losses.kd_loss(T_LOGITS, S_LOGITS, 2.0, standardize=True),
+        ),
+        (
+            kdkeras.DKD(temperature=2.0, standardize=True),
+            losses.dkd_loss(T_LOGITS, S_LOGITS, y=LABELS, temperature=2.0, standardize=True),
+        ),
+        (
+            kdkeras.DIST(temperature=2.0, standardize=True),
+            losses.dist_loss(T_LOGITS, S_LOGITS, temperature=2.0, standardize=True),
+        ),
+    ):
+        np.testing.assert_allclose(term.call(T_LOGITS, S_LOGITS, y=LABELS), want, rtol=1e-6)
+    for cls in (kdkeras.LogitsDistillation, kdkeras.DKD, kdkeras.DIST):
+        with pytest.raises(ValueError, match="Received: standardize=1"):
+            cls(standardize=1)
+
+
 @pytest.mark.parametrize(
     "fn",
     [
@@ -160,8 +250,11 @@ def test_ensemble_logits_soft_targets_are_weighted_average():
         lambda t, s: losses.dkd_loss(t, s, y=tf.constant(LABELS)),
         lambda t, s: losses.dist_loss(t, s),
         lambda t, s: losses.ensemble_logits([t, s], [1.0, 1.0], 2.0),
+        lambda t, s: losses.kd_loss(t, s, 2.0, standardize=True),
+        lambda t, s: losses.dkd_loss(t, s, y=tf.constant(LABELS), standardize=True),
+        lambda t, s: losses.dist_loss(t, s, standardize=True),
     ],
-    ids=["kd", "reverse_kd", "dkd", "dist", "ensemble"],
+    ids=["kd", "reverse_kd", "dkd", "dist", "ensemble", "kd_ls", "dkd_ls", "dist_ls"],
 )
 def test_terms_compile_with_xla(fn):
     eager = np.asarray(fn(tf.constant(T_LOGITS), tf.constant(S_LOGITS)))
@@ -225,6 +318,9 @@ def test_unknown_logits_loss_is_refused():
         kdkeras.LogitsDistillation(temperature=2.5, loss="reverse_kl_divergence", name="kd"),
         kdkeras.DKD(alpha=0.5, beta=4.0, temperature=2.0),
         kdkeras.DIST(beta=2.0, gamma=0.5, temperature=1.5),
+        kdkeras.LogitsDistillation(temperature=2.0, standardize=True),
+        kdkeras.DKD(temperature=2.0, standardize=True, name="dkd_ls"),
+        kdkeras.DIST(standardize=True),
         kdkeras.FeatureDistillation(loss="mae", teacher_layer_name="a", student_layer_name="b"),
     ],
     ids=lambda t: type(t).__name__,
@@ -236,6 +332,7 @@ def test_terms_round_trip_through_keras_serialization(term):
     restored = keras.saving.deserialize_keras_object(config)
     assert type(restored) is type(term)
     assert restored.get_config() == term.get_config()
+    assert getattr(restored, "standardize", False) == getattr(term, "standardize", False)
     np.testing.assert_allclose(
         restored.call(T_LOGITS, S_LOGITS, y=LABELS), term.call(T_LOGITS, S_LOGITS, y=LABELS)
     )

@@ -29,7 +29,7 @@ def test_feature_kd_smoke():
     )
     rows = re.findall(r"^\| (.+?) \| ([0-9.]+) ± [0-9.]+ \| .+? \| ([0-9.]+) \|$", out, re.M)
     assert [r[0] for r in rows] == [
-        "alone", "KD", "KD + FitNets", "KD + AT", "KD + RKD", "KD + PKT", "KD + SP",
+        "alone", "KD", "KD + FitNets", "KD + AT", "KD + RKD", "KD + PKT", "KD + SP", "KD + CRD",
     ]  # fmt: skip
     for _, accuracy, seconds in rows:
         assert 0.0 <= float(accuracy) <= 1.0 and float(seconds) > 0
@@ -39,3 +39,10 @@ def test_feature_step_time_smoke():
     out = run("benchmarks/feature_step_time.py")
     assert re.search(r"kdkeras / keras.distillation: [0-9.]+", out)
     assert re.search(r"kdkeras / \(student \+ teacher inference\): [0-9.]+", out)
+
+
+def test_output_kd_standardize_smoke():
+    out = run("recipes/output_kd.py", "--seeds", "1", "--standardize")
+    assert "| student (distilled, standardized) | 203,530 |" in out
+    assert "standardized T=2.0" in out
+    assert "gap closed by student (distilled, standardized)" in out

@@ -15,7 +15,7 @@ from kdkeras.distill import taps
 from kdkeras.utils import keras_compat
 from kdkeras.utils import tables
 
-__all__ = ["build_adapters", "describe", "make_adapter"]
+__all__ = ["build_adapters", "describe", "make_adapter", "tapped_shapes"]
 
 
 def make_adapter(student_shape, teacher_shape, name=None):
@@ -132,7 +132,8 @@ def _fast_shapes(model, layers):
     return shapes
 
 
-def _shapes(model, layers):
+def tapped_shapes(model, layers):
+    """Output shapes of `layers` (`None`: the output) when `model` runs."""
     return _fast_shapes(model, layers) or taps.feature_shapes(model, layers)
 
 
@@ -182,15 +183,15 @@ def build_adapters(terms, teacher, student, teacher_taps, student_taps, verbose=
     if not wanted:
         return built
     try:
-        t_shapes = _shapes(teacher, [teacher_taps[j] for j in wanted])
-        s_shapes = _shapes(student, [student_taps[j] for j in wanted])
+        t_shapes = tapped_shapes(teacher, [teacher_taps[j] for j in wanted])
+        s_shapes = tapped_shapes(student, [student_taps[j] for j in wanted])
     except ValueError:
         # An unbuilt model: only terms with an adapter need the shapes.
         wanted = [j for j in wanted if getattr(terms[j], "adapter", None) is not None]
         if not wanted:
             return built
-        t_shapes = _shapes(teacher, [teacher_taps[j] for j in wanted])
-        s_shapes = _shapes(student, [student_taps[j] for j in wanted])
+        t_shapes = tapped_shapes(teacher, [teacher_taps[j] for j in wanted])
+        s_shapes = tapped_shapes(student, [student_taps[j] for j in wanted])
     rows, any_auto = [], False
     for j, t_shape, s_shape in zip(wanted, t_shapes, s_shapes):
         term = terms[j]

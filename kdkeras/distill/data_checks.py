@@ -10,6 +10,7 @@ declared size. Datasets are watched during training instead, by
 
 import numpy as np
 
+from kdkeras.distill import indices as indices_lib
 from kdkeras.distill import teacher_cache as cache_lib
 from kdkeras.distill import views as views_lib
 from kdkeras.distill.callbacks import TerminateOnNonFinite
@@ -176,6 +177,7 @@ def check_fit_data(distiller, x, y=None, sample_weight=None, name="x"):
     check_not_empty(x, name)
     if _is_dataset(x):
         return
+    x = indices_lib.unpack(x)[0]
     inputs, targets = cache_lib.unpack(x) if isinstance(x, dict) else (x, None)
     check_finite(inputs, name)
     if targets is not None:

@@ -4,13 +4,15 @@ import keras
 from keras import ops
 
 from kdkeras.distill import adapters as adapters_lib
+from kdkeras.distill import arguments as arguments_lib
 from kdkeras.distill import data_checks
+from kdkeras.distill import indices as indices_lib
 from kdkeras.distill import multiworker
 from kdkeras.distill import taps
 from kdkeras.distill import teacher_cache as cache_lib
+from kdkeras.distill import terms as terms_lib
 from kdkeras.distill import views as views_lib
 from kdkeras.losses import DistillationLoss
-from kdkeras.losses import WrongTypeError
 from kdkeras.losses import ensemble_logits
 from kdkeras.losses import is_finite_number
 from kdkeras.losses import reduce_per_sample
@@ -18,10 +20,9 @@ from kdkeras.utils import keras_compat
 
 __all__ = ["Distiller"]
 
-try:  # keras >= 3.12
-    from keras.distillation import DistillationLoss as _AnyDistillationLoss
-except ImportError:  # pragma: no cover - guarded by the keras>=3.12 pin
-    _AnyDistillationLoss = DistillationLoss
+
+def _needs_global_batch(term):
+    return isinstance(term, DistillationLoss) and term.needs_global_batch
 
 
 def _snake(name):
@@ -35,24 +36,6 @@ def _snake(name):
 
 # Logged by every Distiller; a term named like one of these gets a suffix.
 _OWN_LOG_NAMES = ("loss", "total_loss", "student_loss", "distillation_loss", "teacher_agreement")
-
-
-def _replica_count():
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _scale_for_replicas(value):
-    # Gradients are summed over replicas: each replica contributes its local
-    # mean divided by the replica count, so the sum is the global mean.
-    replicas = _replica_count()
-    return value / replicas if replicas > 1 else value
-
-
-def _unscale_for_replicas(value):
-    replicas = _replica_count()
-    return value * replicas if replicas > 1 else value
 
 
 @keras.saving.register_keras_serializable(package="kdkeras")
@@ -167,85 +150,14 @@ class Distiller(keras.Model):
                 f"Received: backend={keras.backend.backend()!r}"
             )
         super().__init__(name=name, **kwargs)
-        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
-        if not teachers:
-            raise ValueError("Expected at least one teacher. Received: teacher=[]")
-        for i, t in enumerate(teachers):
-            if not isinstance(t, keras.Model):
-                where = f"teacher[{i}]" if len(teachers) > 1 else "teacher"
-                raise WrongTypeError(
-                    f"Expected `{where}` to be a keras.Model. Received: {where}={t!r}"
-                )
-        if not isinstance(student, keras.Model):
-            raise WrongTypeError(
-                f"Expected `student` to be a keras.Model. Received: student={student!r}"
-            )
-        if any(t is student for t in teachers):
-            raise ValueError(
-                "Expected different objects for `teacher` and `student`: the "
-                "teacher is frozen. Clone the model for self-distillation "
-                "(keras.models.clone_model). Received the same model twice."
-            )
-
-        losses = distillation_losses
-        if losses is None:
-            raise ValueError(
-                "Expected a distillation term or a list of terms, such as "
-                "kdkeras.LogitsDistillation(). Received: distillation_losses=None"
-            )
-        losses = list(losses) if isinstance(losses, (list, tuple)) else [losses]
-        if not losses:
-            raise ValueError(
-                "Expected at least one distillation term. Received: distillation_losses=[]"
-            )
-        for i, term in enumerate(losses):
-            if not isinstance(term, _AnyDistillationLoss):
-                raise TypeError(
-                    "Expected each distillation term to be a "
-                    "kdkeras.losses.DistillationLoss or a "
-                    "keras.distillation.DistillationLoss. "
-                    f"Received: distillation_losses[{i}]={term!r}"
-                )
-
-        if distillation_loss_weights is None:
-            weights = [1.0] * len(losses)
-        else:
-            weights = (
-                list(distillation_loss_weights)
-                if isinstance(distillation_loss_weights, (list, tuple))
-                else [distillation_loss_weights]
-            )
-        if len(weights) != len(losses):
-            raise ValueError(
-                "Expected one weight per distillation term "
-                f"({len(losses)}). Received: "
-                f"distillation_loss_weights={distillation_loss_weights!r}"
-            )
-        for w in weights:
-            if not is_finite_number(w) or w < 0:
-                raise ValueError(
-                    "Expected every distillation loss weight to be a finite "
-                    "number >= 0. Received: "
-                    f"distillation_loss_weights={distillation_loss_weights!r}"
-                )
-        if not is_finite_number(student_loss_weight) or not 0 <= student_loss_weight <= 1:
-            raise ValueError(
-                "Expected `student_loss_weight` to be a number in [0, 1]. "
-                f"Received: student_loss_weight={student_loss_weight!r}"
-            )
-        if teacher_weights is not None:
-            tw = list(teacher_weights) if isinstance(teacher_weights, (list, tuple)) else None
-            if (
-                tw is None
-                or len(tw) != len(teachers)
-                or not all(is_finite_number(w) and w >= 0 for w in tw)
-                or sum(tw) <= 0
-            ):
-                raise ValueError(
-                    f"Expected `teacher_weights` to be {len(teachers)} finite "
-                    "numbers >= 0 with a positive sum, one per teacher. "
-                    f"Received: teacher_weights={teacher_weights!r}"
-                )
+        teachers, losses, weights = arguments_lib.check_arguments(
+            teacher,
+            student,
+            distillation_losses,
+            distillation_loss_weights,
+            student_loss_weight,
+            teacher_weights,
+        )
 
         self.teacher = teacher
         self.student = student
@@ -274,6 +186,20 @@ class Distiller(keras.Model):
             self._teacher_taps,
             self._student_taps,
         )
+        # Terms with heads or state (CRD) build them now, inside the
+        # strategy scope. Like adapters, their layers train with the
+        # student and are saved with the Distiller, never with the student.
+        self.term_layers = terms_lib.build_terms(
+            self.distillation_losses,
+            self._teachers[0],
+            self.student,
+            self._teacher_taps,
+            self._student_taps,
+            self.adapters,
+        )
+        self._term_options = [
+            terms_lib.call_options(term, j) for j, term in enumerate(self.distillation_losses)
+        ]
 
         # Term names that would clash with the Distiller's own logs, or with
         # each other, get a numbered suffix.
@@ -360,6 +286,13 @@ class Distiller(keras.Model):
                     "terms would compare against averaged log-probabilities. "
                     f"Received: distillation_losses[{i}]={type(term).__name__}"
                 )
+            if getattr(term, "standardize", False) is True and len(self._teachers) > 1:
+                raise ValueError(
+                    "Logit standardization needs a single teacher: the soft targets of "
+                    "several teachers are averaged from their raw logits. Received: "
+                    f"{len(self._teachers)} teachers and distillation_losses[{i}] with "
+                    "standardize=True"
+                )
             self._teacher_taps.append(
                 None if t_name is None else taps.find_layer(self._teachers[0], t_name, "teacher")
             )
@@ -397,8 +330,20 @@ class Distiller(keras.Model):
         outside the student's classes raise a `ValueError` before training;
         a loss that turns NaN/Inf later stops training with an error naming
         the step (`kdkeras.callbacks.TerminateOnNonFinite`).
+
+        When a term needs dataset indices (`CRD`), NumPy inputs `x` get
+        them here (`kdkeras.distill.with_indices`: `0 .. n - 1`, shuffled
+        with their samples); a `tf.data.Dataset` must carry them, and one
+        that does not is refused before training.
         """
-        return data_checks.fit_with_checks(super().fit, self, *args, **kwargs)
+        import inspect
+
+        bound = inspect.signature(super().fit).bind(*args, **kwargs)
+        if "x" in bound.arguments:
+            bound.arguments["x"] = indices_lib.index_fit_inputs(
+                bound.arguments["x"], self.distillation_losses
+            )
+        return data_checks.fit_with_checks(super().fit, self, *bound.args, **bound.kwargs)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Configures training, with the signature of `keras.Model.compile`.
@@ -441,6 +386,7 @@ class Distiller(keras.Model):
     # ------------------------------------------------------------- forward
 
     def call(self, inputs, training=None):
+        inputs = indices_lib.unpack(inputs)[0]
         return self.student(cache_lib.unpack_inputs(inputs), training=training)
 
     def _teacher_targets(self, x):
@@ -499,29 +445,6 @@ class Distiller(keras.Model):
             s_value = adapter(s_value)
         return t_value, s_value
 
-    def _term_value(self, j, term, t_value, s_value, y, sample_weight):
-        if isinstance(term, DistillationLoss):
-            temperature = self._temperature_variables[j]
-            if temperature is None:
-                return reduce_per_sample(term.call(t_value, s_value, y=y), sample_weight)
-            # The term reads `self.temperature` in `call`: for the trace, it
-            # is the variable, so every step sees the scheduled value.
-            constant = term.temperature
-            term.temperature = ops.convert_to_tensor(temperature)
-            try:
-                values = term.call(t_value, s_value, y=y)
-            finally:
-                term.temperature = constant
-            return reduce_per_sample(values, sample_weight)
-        # A keras.distillation term: already a batch mean, no sample weights.
-        value = term.compute_loss(t_value, s_value)
-        if len(value.shape) > 0:
-            raise ValueError(
-                f"Expected {type(term).__name__}.compute_loss to return a scalar. "
-                f"Received a value of shape {tuple(value.shape)}"
-            )
-        return ops.cast(value, "float32")
-
     def _ground_truth(self, y, y_pred, sample_weight, mixing):
         compiled_loss = keras_compat.compiled_loss(self)
         if y is None or compiled_loss is None:
@@ -537,12 +460,24 @@ class Distiller(keras.Model):
         second = ops.cast(compiled_loss(other_y, y_pred, other_w), "float32")
         return lam * first + (1.0 - lam) * second
 
-    def _objective(self, x, y, sample_weight, targets, y_pred, s_features, mixing=None):
+    def _objective(
+        self,
+        x,
+        y,
+        sample_weight,
+        targets,
+        y_pred,
+        s_features,
+        mixing=None,
+        indices=None,
+        training=False,
+    ):
         """Returns `(total, ground_truth, distill, [term values])`, replica-scaled.
 
         `distill` is `sum_i(weight_i * term_i)`, before the factor
         `1 - student_loss_weight`. With mixup, `sample_weight` is the
-        unmixed one and `mixing` the `(lam, perm)` of the batch.
+        unmixed one and `mixing` the `(lam, perm)` of the batch. `indices`
+        (dataset indices) and `training` reach the terms that take them.
         """
         ground_truth = self._ground_truth(y, y_pred, sample_weight, mixing)
         term_weight = sample_weight
@@ -553,11 +488,36 @@ class Distiller(keras.Model):
                 "Batches without labels leave nothing to train with "
                 "student_loss_weight=1.0. Received: a batch with x only"
             )
+        inputs = [
+            self._term_inputs(j, term, targets, y_pred, s_features)
+            for j, term in enumerate(self.distillation_losses)
+        ]
+        local = (y, term_weight, indices)
+        # Batch-relational and stateful terms see the batch of every replica.
+        wanted = [j for j, t in enumerate(self.distillation_losses) if _needs_global_batch(t)]
+        if wanted:
+            gathered, global_batch = terms_lib.gather_global_batch(
+                ([inputs[j] for j in wanted], local)
+            )
+            for j, pair in zip(wanted, gathered):
+                inputs[j] = pair
         terms = []
         for j, term in enumerate(self.distillation_losses):
-            t_value, s_value = self._term_inputs(j, term, targets, y_pred, s_features)
-            value = self._term_value(j, term, t_value, s_value, y, term_weight)
-            terms.append(_scale_for_replicas(value))
+            t_value, s_value = inputs[j]
+            y_j, weight_j, indices_j = global_batch if j in wanted else local
+            value = terms_lib.term_value(
+                term,
+                t_value,
+                s_value,
+                y_j,
+                weight_j,
+                temperature=self._temperature_variables[j],
+                indices=indices_j,
+                training=training,
+                options=self._term_options[j],
+                position=j,
+            )
+            terms.append(terms_lib.scale_for_replicas(value))
         student_loss_weight = ops.convert_to_tensor(self._student_loss_weight_variable)
         total = ops.zeros((), "float32")
         if ground_truth is not None:
@@ -566,10 +526,10 @@ class Distiller(keras.Model):
             ops.convert_to_tensor(w) * v for w, v in zip(self._term_weight_variables, terms)
         )
         total = total + (1.0 - student_loss_weight) * distill
-        owners = [self.student, *(a for a in self.adapters if a is not None)]
+        owners = [self.student, *(a for a in self.adapters if a is not None), *self.term_layers]
         regularization = [ops.sum(ops.cast(l, "float32")) for owner in owners for l in owner.losses]
         if regularization:
-            total = total + _scale_for_replicas(ops.sum(regularization))
+            total = total + terms_lib.scale_for_replicas(ops.sum(regularization))
         return total, ground_truth, distill, terms
 
     def _agreement(self, targets, y_pred, sample_weight):
@@ -593,23 +553,24 @@ class Distiller(keras.Model):
         import tensorflow as tf
 
         batch = tf.shape(keras.tree.flatten(x)[0])[0]
-        total = _unscale_for_replicas(total)
+        total = terms_lib.unscale_for_replicas(total)
         keras_compat.loss_tracker(self).update_state(total, sample_weight=batch)
         self._total_loss_tracker.update_state(total, sample_weight=batch)
         self._distillation_loss_tracker.update_state(
-            _unscale_for_replicas(distill), sample_weight=batch
+            terms_lib.unscale_for_replicas(distill), sample_weight=batch
         )
         if ground_truth is not None:
             self._student_loss_tracker.update_state(
-                _unscale_for_replicas(ground_truth), sample_weight=batch
+                terms_lib.unscale_for_replicas(ground_truth), sample_weight=batch
             )
         for tracker, value in zip(self._term_trackers, terms):
-            tracker.update_state(_unscale_for_replicas(value), sample_weight=batch)
+            tracker.update_state(terms_lib.unscale_for_replicas(value), sample_weight=batch)
         if agreement is not None:
             self._agreement_tracker.update_state(agreement, sample_weight=batch)
 
     def _step(self, data, training):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, indices = indices_lib.unpack(x)
         x, cached = cache_lib.unpack(x)
         mixing = None
         if training and self._views.active:
@@ -624,7 +585,7 @@ class Distiller(keras.Model):
             with tf.GradientTape() as tape:
                 y_pred, s_features = self._student_forward(x, training=True)
                 total, ground_truth, distill, terms = self._objective(
-                    x, y, sample_weight, targets, y_pred, s_features, mixing
+                    x, y, sample_weight, targets, y_pred, s_features, mixing, indices, True
                 )
                 scaled = self.optimizer.scale_loss(total)
             variables = self.trainable_variables
@@ -633,7 +594,7 @@ class Distiller(keras.Model):
         else:
             y_pred, s_features = self._student_forward(x, training=False)
             total, ground_truth, distill, terms = self._objective(
-                x, y, sample_weight, targets, y_pred, s_features
+                x, y, sample_weight, targets, y_pred, s_features, indices=indices
             )
         agreement = self._agreement(targets, y_pred, sample_weight)
         self._update_trackers(x, total, ground_truth, distill, terms, agreement)
@@ -695,55 +656,15 @@ class Distiller(keras.Model):
         """
         if self._views.active:
             raise ValueError(views_lib.CACHE_MESSAGE + " Received: augment or mixup set")
-        return cache_lib.cache_teacher_outputs(self, x, batch_size=batch_size)
+        x, indices = indices_lib.unpack(x)
+        cached = cache_lib.cache_teacher_outputs(self, x, batch_size=batch_size)
+        return cached if indices is None else {**cached, indices_lib.INDICES_KEY: indices}
 
     # ------------------------------------------------------- serialization
 
     def get_config(self):
-        serialize = keras.saving.serialize_keras_object
-        teacher = (
-            [serialize(t) for t in self._teachers]
-            if isinstance(self.teacher, (list, tuple))
-            else serialize(self.teacher)
-        )
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "teacher": teacher,
-            "student": serialize(self.student),
-            "distillation_losses": [serialize(t) for t in self.distillation_losses],
-            "distillation_loss_weights": list(self.distillation_loss_weights),
-            "student_loss_weight": self.student_loss_weight,
-            "teacher_weights": None if self.teacher_weights is None else list(self.teacher_weights),
-            "augment": self._augment_config(),
-            "mixup": self.mixup,
-            "seed": self.seed,
-        }
-
-    def _augment_config(self):
-        if self.augment is None:
-            return None
-        if isinstance(self.augment, keras.layers.Layer):
-            return keras.saving.serialize_keras_object(self.augment)
-        raise ValueError(
-            "Expected `augment` to be a Keras layer to save the Distiller's "
-            "config: a plain callable cannot be serialized. Save "
-            "`distiller.student` instead, or pass a layer. Received: "
-            f"augment={self.augment!r}"
-        )
+        return arguments_lib.distiller_config(self)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        deserialize = lambda c: keras.saving.deserialize_keras_object(
-            c, custom_objects=custom_objects
-        )
-        teacher = config.pop("teacher")
-        config["teacher"] = (
-            [deserialize(t) for t in teacher] if isinstance(teacher, list) else deserialize(teacher)
-        )
-        config["student"] = deserialize(config.pop("student"))
-        config["distillation_losses"] = [deserialize(t) for t in config.pop("distillation_losses")]
-        if config.get("augment") is not None:
-            config["augment"] = deserialize(config["augment"])
-        return cls(**config)
+        return cls(**arguments_lib.distiller_arguments(config, custom_objects))

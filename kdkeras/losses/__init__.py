@@ -4,6 +4,10 @@ from kdkeras.losses.base import DistillationLoss
 from kdkeras.losses.base import WrongTypeError
 from kdkeras.losses.base import is_finite_number
 from kdkeras.losses.base import reduce_per_sample
+from kdkeras.losses.contrastive import CRD
+from kdkeras.losses.contrastive import ContrastMemory
+from kdkeras.losses.contrastive import crd_loss
+from kdkeras.losses.contrastive import nce_loss
 from kdkeras.losses.feature import AttentionTransfer
 from kdkeras.losses.feature import FeatureDistillation
 from kdkeras.losses.feature import attention_map
@@ -24,9 +28,12 @@ from kdkeras.losses.logits import dkd_loss
 from kdkeras.losses.logits import ensemble_logits
 from kdkeras.losses.logits import kd_loss
 from kdkeras.losses.logits import soft_cross_entropy
+from kdkeras.losses.logits import standardize_logits
 
 __all__ = [
     "AttentionTransfer",
+    "CRD",
+    "ContrastMemory",
     "DIST",
     "DKD",
     "DistillationLoss",
@@ -38,16 +45,19 @@ __all__ = [
     "WrongTypeError",
     "attention_map",
     "attention_transfer_loss",
+    "crd_loss",
     "dist_loss",
     "dkd_loss",
     "ensemble_logits",
     "hint_loss",
     "is_finite_number",
     "kd_loss",
+    "nce_loss",
     "pkt_loss",
     "reduce_per_sample",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "similarity_preserving_loss",
     "soft_cross_entropy",
+    "standardize_logits",
 ]

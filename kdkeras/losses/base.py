@@ -78,6 +78,34 @@ class DistillationLoss(_KerasDistillationLoss):
     Terms that read intermediate layers set `teacher_layer_name` and
     `student_layer_name`; output terms leave both `None`.
 
+    Terms with heads and state (`kdkeras.CRD`) use an optional protocol;
+    every part defaults to "nothing", so other terms ignore it:
+
+    - `build(teacher_shape, student_shape)`: called once by the `Distiller`
+      when it is constructed (inside its `tf.distribute` scope), with the
+      shapes of the features the term will receive (batch axis `None`; the
+      student's after its adapter). Create and build layers and variables
+      here, and set `self.built = True` (the base method does).
+    - `layers`: the Keras layers the term owns. The `Distiller` tracks them
+      like adapters: their trainable variables train with the student (its
+      optimizer, its gradient step), every variable is saved with the
+      Distiller (`distiller.save`, `BackupAndRestore`) and none with the
+      student.
+    - `call(..., training=False)`: a `call` that accepts `training` gets
+      `True` in `fit` and `False` in `evaluate`. The `Distiller` calls each
+      term exactly once per step, inside the compiled step, so a term
+      updates its non-trainable state there when `training` is true (as
+      `BatchNormalization` does).
+    - `needs_indices = True`: `call` also gets `indices=`, the dataset index
+      of every sample of the batch, `(batch,)` integers (see `Distiller.fit`
+      for where they come from).
+    - `needs_global_batch = True`: the value relates the samples of a batch
+      to each other (RKD, PKT, SP, DIST's intra-class part) or updates state
+      from the whole batch (CRD). Under a `tf.distribute` strategy, the
+      `Distiller` then gathers the term's inputs from every replica, so each
+      replica computes the term on the global batch: the value, its
+      gradients and every state update equal those of one device.
+
     Args:
         name: the name under which the term is logged during `fit`.
             Defaults to the snake-case class name plus `"_loss"`.
@@ -86,11 +114,23 @@ class DistillationLoss(_KerasDistillationLoss):
     name = None
     teacher_layer_name = None
     student_layer_name = None
+    needs_indices = False
+    needs_global_batch = False
+    built = False
 
     def __init__(self, name=None):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Expected `name` to be a string or None. Received: name={name!r}")
         self.name = name
+
+    def build(self, teacher_shape, student_shape):
+        """Creates the term's layers and state for features of these shapes."""
+        self.built = True
+
+    @property
+    def layers(self):
+        """The Keras layers (heads, state) this term owns; none by default."""
+        return []
 
     def call(self, teacher_outputs, student_outputs, y=None):
         raise NotImplementedError(

@@ -10,6 +10,12 @@ sample: that sample's row of the batch relation matrix, averaged so that
 the batch mean equals the paper's loss. Sample weights (applied by the
 `Distiller`) therefore weight rows: a zero-weight sample still appears in
 the other samples' rows.
+
+The relations span the batch the function receives. The classes set
+`needs_global_batch`: under a `tf.distribute` strategy the `Distiller`
+gathers the features of every replica first, so each replica relates all
+samples of the global batch, as one device does (tested). Called directly
+inside a replica, the functions see that replica's samples only.
 """
 
 import keras
@@ -183,6 +189,7 @@ def similarity_preserving_loss(teacher_features, student_features):
 
 class _RelationalTerm(FeatureTerm):
     adapter_matches_teacher = False
+    needs_global_batch = True
 
 
 @keras.saving.register_keras_serializable(package="kdkeras")

@@ -1,10 +1,15 @@
-"""Output (logit) distillation terms: Hinton KD, DKD, DIST.
+"""Output (logit) distillation terms: Hinton KD, DKD, DIST, logit standardization.
 
 Each term is a pure `keras.ops` function on logits shaped
 `(..., num_classes)` returning per-sample values shaped `(...)`, plus a thin
 class. Inputs are cast to float32 first, so the terms are exact under mixed
 precision. The T^2 factor of Hinton et al. is applied inside the functions
 (and only there), so the gradient scale does not change with the temperature.
+
+With `standardize=True` each function first z-scores the teacher's and the
+student's logits per sample (`standardize_logits`, Sun et al. 2024); the
+temperature then acts as the paper's base temperature and T^2 stays, as in
+the authors' code.
 """
 
 import keras
@@ -22,6 +27,7 @@ __all__ = [
     "ensemble_logits",
     "kd_loss",
     "soft_cross_entropy",
+    "standardize_logits",
 ]
 
 _KL_NAMES = ("kl_divergence", "kld", "kullback_leibler_divergence")
@@ -42,11 +48,51 @@ def _check_weight(arg, value):
         raise ValueError(f"Expected `{arg}` to be a finite number >= 0. Received: {arg}={value!r}")
 
 
+def standardize_logits(logits, epsilon=1e-7):
+    """Z-scores logits over the class axis: mean 0, standard deviation 1.
+
+    `(z - mean(z)) / (std(z) + epsilon)` per sample, with the population
+    standard deviation `sqrt(mean((z - mean(z))^2))` of the paper. The
+    authors' code divides by the unbiased standard deviation (`torch.std`),
+    which makes every standardized logit `sqrt((K - 1) / K)` times smaller
+    for `K` classes: the same as a base temperature `sqrt(K / (K - 1))`
+    times larger (1.054 for 10 classes).
+
+    Args:
+        logits: `(..., num_classes)` logits.
+        epsilon: added to the standard deviation. Defaults to 1e-7 (the
+            authors' code).
+
+    Returns:
+        `(..., num_classes)` float32 standardized logits.
+
+    Reference:
+        Sun et al. Logit Standardization in Knowledge Distillation. CVPR
+        2024. https://arxiv.org/abs/2403.01427
+    """
+    z = ops.cast(logits, "float32")
+    centered = z - ops.mean(z, axis=-1, keepdims=True)
+    variance = ops.mean(ops.square(centered), axis=-1, keepdims=True)
+    # sqrt'(0) is infinite: logits equal across classes would give NaN
+    # gradients. The clamp (a standard deviation of 1e-12) sits far below
+    # `epsilon`, so it changes no value that epsilon does not already.
+    return centered / (ops.sqrt(ops.maximum(variance, 1e-24)) + epsilon)
+
+
+def _prepare(logits, standardize):
+    return standardize_logits(logits) if standardize else ops.cast(logits, "float32")
+
+
+def _check_flag(arg, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"Expected `{arg}` to be True or False. Received: {arg}={value!r}")
+
+
 def _log_softmax_t(logits, temperature):
     return ops.log_softmax(ops.cast(logits, "float32") / temperature, axis=-1)
 
 
-def kd_loss(teacher_logits, student_logits, temperature=4.0, reverse=False):
+def kd_loss(teacher_logits, student_logits, temperature=4.0, reverse=False, standardize=False):
     """Hinton knowledge-distillation loss, KL between softened distributions.
 
     `T^2 * KL(softmax(t / T) || softmax(s / T))` per sample (forward KL, the
@@ -60,6 +106,8 @@ def kd_loss(teacher_logits, student_logits, temperature=4.0, reverse=False):
         student_logits: `(..., num_classes)` logits of the student.
         temperature: softening temperature `T > 0`. Defaults to 4.0.
         reverse: compute the reverse KL. Defaults to `False`.
+        standardize: z-score both logits first (`standardize_logits`);
+            `temperature` is then the base temperature. Defaults to `False`.
 
     Returns:
         Per-sample values shaped `(...)`, float32.
@@ -68,26 +116,26 @@ def kd_loss(teacher_logits, student_logits, temperature=4.0, reverse=False):
         Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network.
         https://arxiv.org/abs/1503.02531
     """
-    log_p_t = _log_softmax_t(teacher_logits, temperature)
-    log_p_s = _log_softmax_t(student_logits, temperature)
+    log_p_t = _log_softmax_t(_prepare(teacher_logits, standardize), temperature)
+    log_p_s = _log_softmax_t(_prepare(student_logits, standardize), temperature)
     if reverse:
         log_p_t, log_p_s = log_p_s, log_p_t
     kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
     return kl * (temperature**2)
 
 
-def soft_cross_entropy(teacher_logits, student_logits, temperature=4.0):
+def soft_cross_entropy(teacher_logits, student_logits, temperature=4.0, standardize=False):
     """`T^2 * H(softmax(t / T), softmax(s / T))` per sample.
 
     Equals `kd_loss` plus the teacher's entropy: the same gradient for the
-    student, a different value.
+    student, a different value. `standardize` as in `kd_loss`.
 
     Reference:
         Hinton, Vinyals, Dean. Distilling the Knowledge in a Neural Network.
         https://arxiv.org/abs/1503.02531
     """
-    p_t = ops.exp(_log_softmax_t(teacher_logits, temperature))
-    log_p_s = _log_softmax_t(student_logits, temperature)
+    p_t = ops.exp(_log_softmax_t(_prepare(teacher_logits, standardize), temperature))
+    log_p_s = _log_softmax_t(_prepare(student_logits, standardize), temperature)
     return -ops.sum(p_t * log_p_s, axis=-1) * (temperature**2)
 
 
@@ -143,7 +191,15 @@ def _kl_where(mask, log_p, log_q):
     return ops.sum(terms, axis=-1)
 
 
-def dkd_loss(teacher_logits, student_logits, y=None, alpha=1.0, beta=8.0, temperature=4.0):
+def dkd_loss(
+    teacher_logits,
+    student_logits,
+    y=None,
+    alpha=1.0,
+    beta=8.0,
+    temperature=4.0,
+    standardize=False,
+):
     """Decoupled knowledge distillation, `alpha * TCKD + beta * NCKD`.
 
     TCKD is the binary KL between the teacher's and student's probability of
@@ -160,6 +216,8 @@ def dkd_loss(teacher_logits, student_logits, y=None, alpha=1.0, beta=8.0, temper
         alpha: weight of TCKD. Defaults to 1.0.
         beta: weight of NCKD. Defaults to 8.0.
         temperature: softening temperature. Defaults to 4.0.
+        standardize: z-score both logits first (`standardize_logits`);
+            `temperature` is then the base temperature. Defaults to `False`.
 
     Returns:
         Per-sample values shaped `(...)`, float32.
@@ -168,8 +226,8 @@ def dkd_loss(teacher_logits, student_logits, y=None, alpha=1.0, beta=8.0, temper
         Zhao et al. Decoupled Knowledge Distillation. CVPR 2022.
         https://arxiv.org/abs/2203.08679
     """
-    t = ops.cast(teacher_logits, "float32") / temperature
-    s = ops.cast(student_logits, "float32") / temperature
+    t = _prepare(teacher_logits, standardize) / temperature
+    s = _prepare(student_logits, standardize) / temperature
     num_classes = t.shape[-1]
     gt = _one_hot_targets(y, t, num_classes)
 
@@ -207,7 +265,9 @@ def _pearson(a, b, axis, eps=1e-8):
     return num / (_safe_norm(a, axis) * _safe_norm(b, axis) + eps)
 
 
-def dist_loss(teacher_logits, student_logits, beta=1.0, gamma=1.0, temperature=1.0):
+def dist_loss(
+    teacher_logits, student_logits, beta=1.0, gamma=1.0, temperature=1.0, standardize=False
+):
     """DIST: match inter-class and intra-class Pearson correlations.
 
     Inter-class: `1 - pearson(p_s[i, :], p_t[i, :])` per sample. Intra-class:
@@ -216,7 +276,10 @@ def dist_loss(teacher_logits, student_logits, beta=1.0, gamma=1.0, temperature=1
     the batch mean equals the paper's loss. Sample weights therefore weight
     the inter-class part per sample and scale the intra-class part by their
     mean; every sample of the batch, zero-weighted ones included, enters the
-    intra-class correlations. Both parts are scaled by T^2.
+    intra-class correlations. Both parts are scaled by T^2. Under a
+    `tf.distribute` strategy the `Distiller` gathers the batch from every
+    replica first (`needs_global_batch`), so the intra-class correlations
+    span the global batch, as on one device.
 
     Args:
         teacher_logits: `(batch, num_classes)` logits of the teacher.
@@ -224,6 +287,8 @@ def dist_loss(teacher_logits, student_logits, beta=1.0, gamma=1.0, temperature=1
         beta: weight of the inter-class term. Defaults to 1.0.
         gamma: weight of the intra-class term. Defaults to 1.0.
         temperature: softening temperature. Defaults to 1.0.
+        standardize: z-score both logits first (`standardize_logits`);
+            `temperature` is then the base temperature. Defaults to `False`.
 
     Returns:
         Per-sample values shaped `(batch,)`, float32.
@@ -232,8 +297,8 @@ def dist_loss(teacher_logits, student_logits, beta=1.0, gamma=1.0, temperature=1
         Huang et al. Knowledge Distillation from A Stronger Teacher.
         NeurIPS 2022. https://arxiv.org/abs/2205.10536
     """
-    p_t = ops.softmax(ops.cast(teacher_logits, "float32") / temperature, axis=-1)
-    p_s = ops.softmax(ops.cast(student_logits, "float32") / temperature, axis=-1)
+    p_t = ops.softmax(_prepare(teacher_logits, standardize) / temperature, axis=-1)
+    p_s = ops.softmax(_prepare(student_logits, standardize) / temperature, axis=-1)
     inter = 1.0 - _pearson(p_s, p_t, axis=-1)
     intra = ops.mean(1.0 - _pearson(p_s, p_t, axis=0))
     return (beta * inter + gamma * intra) * (temperature**2)
@@ -275,6 +340,13 @@ class LogitsDistillation(DistillationLoss):
             `keras.losses.KLDivergence` or `keras.losses.CategoricalCrossentropy`
             instance is accepted for compatibility and mapped to the same
             computation.
+        standardize: z-score the teacher's and the student's logits per
+            sample before the softmax (logit standardization, Sun et al.
+            2024; see `standardize_logits`); `temperature` is then the base
+            temperature and T^2 still applies, as in the authors' code,
+            whose CIFAR-100 runs use a base temperature of 2 and weight the
+            term 9 against 0.1 for the cross-entropy. Needs a single
+            teacher. Defaults to `False`.
         name: logged name. Defaults to `"logits_distillation_loss"`.
 
     Example:
@@ -289,11 +361,13 @@ class LogitsDistillation(DistillationLoss):
         https://arxiv.org/abs/1503.02531
     """
 
-    def __init__(self, temperature=3.0, loss="kl_divergence", name=None):
+    def __init__(self, temperature=3.0, loss="kl_divergence", standardize=False, name=None):
         super().__init__(name=name)
         _check_temperature(temperature)
+        _check_flag("standardize", standardize)
         self.temperature = temperature
         self.loss = loss
+        self.standardize = standardize
         self._mode = self._resolve_mode(loss)
 
     @staticmethod
@@ -318,19 +392,24 @@ class LogitsDistillation(DistillationLoss):
         )
 
     def call(self, teacher_outputs, student_outputs, y=None):
-        t = self.temperature
+        t, standardize = self.temperature, self.standardize
         if self._mode == "ce":
-            fn = lambda a, b: soft_cross_entropy(a, b, t)
+            fn = lambda a, b: soft_cross_entropy(a, b, t, standardize=standardize)
         else:
             reverse = self._mode == "reverse_kl"
-            fn = lambda a, b: kd_loss(a, b, t, reverse=reverse)
+            fn = lambda a, b: kd_loss(a, b, t, reverse=reverse, standardize=standardize)
         return _map_outputs(fn, teacher_outputs, student_outputs)
 
     def get_config(self):
         loss = self.loss
         if not isinstance(loss, str):
             loss = {"kl": "kl_divergence", "ce": "categorical_crossentropy"}[self._mode]
-        return {"temperature": self.temperature, "loss": loss, "name": self.name}
+        return {
+            **super().get_config(),
+            "temperature": self.temperature,
+            "loss": loss,
+            "standardize": self.standardize,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kdkeras")
@@ -344,6 +423,9 @@ class DKD(DistillationLoss):
         alpha: weight of the target-class term. Defaults to 1.0.
         beta: weight of the non-target-class term. Defaults to 8.0.
         temperature: softening temperature. Defaults to 4.0.
+        standardize: z-score both logits per sample first (see
+            `LogitsDistillation`); `temperature` is then the base
+            temperature. Defaults to `False`.
         name: logged name. Defaults to `"dkd_loss"`.
 
     Reference:
@@ -351,14 +433,16 @@ class DKD(DistillationLoss):
         https://arxiv.org/abs/2203.08679
     """
 
-    def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, name=None):
+    def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, standardize=False, name=None):
         super().__init__(name=name)
         _check_temperature(temperature)
         _check_weight("alpha", alpha)
         _check_weight("beta", beta)
+        _check_flag("standardize", standardize)
         self.alpha = alpha
         self.beta = beta
         self.temperature = temperature
+        self.standardize = standardize
 
     def call(self, teacher_outputs, student_outputs, y=None):
         return dkd_loss(
@@ -368,14 +452,16 @@ class DKD(DistillationLoss):
             alpha=self.alpha,
             beta=self.beta,
             temperature=self.temperature,
+            standardize=self.standardize,
         )
 
     def get_config(self):
         return {
+            **super().get_config(),
             "alpha": self.alpha,
             "beta": self.beta,
             "temperature": self.temperature,
-            "name": self.name,
+            "standardize": self.standardize,
         }
 
 
@@ -389,6 +475,9 @@ class DIST(DistillationLoss):
         beta: weight of the inter-class relation. Defaults to 1.0.
         gamma: weight of the intra-class relation. Defaults to 1.0.
         temperature: softening temperature. Defaults to 1.0.
+        standardize: z-score both logits per sample first (see
+            `LogitsDistillation`); `temperature` is then the base
+            temperature. Defaults to `False`.
         name: logged name. Defaults to `"dist_loss"`.
 
     Reference:
@@ -396,14 +485,18 @@ class DIST(DistillationLoss):
         NeurIPS 2022. https://arxiv.org/abs/2205.10536
     """
 
-    def __init__(self, beta=1.0, gamma=1.0, temperature=1.0, name=None):
+    needs_global_batch = True
+
+    def __init__(self, beta=1.0, gamma=1.0, temperature=1.0, standardize=False, name=None):
         super().__init__(name=name)
         _check_temperature(temperature)
         _check_weight("beta", beta)
         _check_weight("gamma", gamma)
+        _check_flag("standardize", standardize)
         self.beta = beta
         self.gamma = gamma
         self.temperature = temperature
+        self.standardize = standardize
 
     def call(self, teacher_outputs, student_outputs, y=None):
         return dist_loss(
@@ -412,12 +505,14 @@ class DIST(DistillationLoss):
             beta=self.beta,
             gamma=self.gamma,
             temperature=self.temperature,
+            standardize=self.standardize,
         )
 
     def get_config(self):
         return {
+            **super().get_config(),
             "beta": self.beta,
             "gamma": self.gamma,
             "temperature": self.temperature,
-            "name": self.name,
+            "standardize": self.standardize,
         }
