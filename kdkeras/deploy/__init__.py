@@ -20,6 +20,7 @@ from kdkeras.deploy.errors import ParityError
 from kdkeras.deploy.exporter import DEFAULT_OPSET
 from kdkeras.deploy.exporter import FORMATS
 from kdkeras.deploy.exporter import export
+from kdkeras.deploy.exporter import format_for_path
 from kdkeras.deploy.exporter import gate
 from kdkeras.deploy.exporter import max_onnx_opset
 from kdkeras.deploy.exporter import validate_opset
@@ -30,7 +31,9 @@ from kdkeras.deploy.int8 import quantize_tflite
 from kdkeras.deploy.manifest import failed_path
 from kdkeras.deploy.parity import DEFAULT_ATOL
 from kdkeras.deploy.parity import DEFAULT_BATCH_SIZES
+from kdkeras.deploy.parity import DEFAULT_RTOL
 from kdkeras.deploy.parity import check_parity
+from kdkeras.deploy.parity import difference_figures
 from kdkeras.deploy.parity import keras_outputs
 from kdkeras.deploy.parity import parity_figures
 from kdkeras.deploy.pipeline import compare
@@ -47,6 +50,7 @@ __all__ = [
     "DEFAULT_ATOL",
     "DEFAULT_BATCH_SIZES",
     "DEFAULT_OPSET",
+    "DEFAULT_RTOL",
     "FORMATS",
     "ParityError",
     "benchmark",
@@ -54,9 +58,11 @@ __all__ = [
     "check_parity",
     "compare",
     "default_settings",
+    "difference_figures",
     "export",
     "export_file",
     "failed_path",
+    "format_for_path",
     "format_results",
     "gate",
     "input_specs",
