@@ -26,8 +26,10 @@ from kdkeras.deploy.exporter import max_onnx_opset
 from kdkeras.deploy.exporter import validate_opset
 from kdkeras.deploy.int8 import default_settings
 from kdkeras.deploy.int8 import model_kind
+from kdkeras.deploy.int8 import onnx_quantized_ops
 from kdkeras.deploy.int8 import quantize
 from kdkeras.deploy.int8 import quantize_tflite
+from kdkeras.deploy.int8 import tflite_quantized_ops
 from kdkeras.deploy.manifest import failed_path
 from kdkeras.deploy.parity import DEFAULT_ATOL
 from kdkeras.deploy.parity import DEFAULT_BATCH_SIZES
@@ -72,9 +74,11 @@ __all__ = [
     "load_runner",
     "max_onnx_opset",
     "model_kind",
+    "onnx_quantized_ops",
     "parity_figures",
     "quantize",
     "quantize_tflite",
+    "tflite_quantized_ops",
     "validate_opset",
     "write_json",
     "write_report",
