@@ -519,3 +519,43 @@ def test_extension_mismatch_is_refused_before_any_work(tmp_path, monkeypatch, na
     with pytest.raises(ValueError, match=rf"Received: path='.*{name}', format='{format}'"):
         deploy.export(_cnn(), path, format)
     assert os.listdir(tmp_path) == []
+
+
+def _dict_input_model(seed=0):
+    """Inputs given as a dict, like keras-hub's backbones (token_ids, padding_mask)."""
+    keras.utils.set_random_seed(seed)
+    inputs = {
+        "token_ids": keras.Input((6,), dtype="int32", name="token_ids"),
+        "padding_mask": keras.Input((6,), dtype="int32", name="padding_mask"),
+        "segment_ids": keras.Input((6,), dtype="int32", name="segment_ids"),
+    }
+    x = keras.layers.Embedding(20, 8)(inputs["token_ids"])
+    x = x + keras.layers.Embedding(2, 8)(inputs["segment_ids"])
+    mask = keras.ops.expand_dims(keras.ops.cast(inputs["padding_mask"], "float32"), -1)
+    pooled = keras.ops.sum(x * mask, axis=1)
+    return keras.Model(inputs, {"logits": keras.layers.Dense(3)(pooled), "sequence": x})
+
+
+@pytest.mark.parametrize(
+    "format, name", [("onnx", "d.onnx"), ("tflite", "d.tflite"), ("saved_model", "d_sm")]
+)
+def test_model_on_a_dict_of_inputs(folder, format, name):
+    model = _dict_input_model()
+    rng = np.random.default_rng(0)
+    # model.inputs order: sorted keys (padding_mask, segment_ids, token_ids).
+    assert [t.name for t in model.inputs] == ["padding_mask", "segment_ids", "token_ids"]
+    x = [
+        (rng.random((8, 6)) > 0.3).astype("int32"),
+        rng.integers(0, 2, (8, 6)).astype("int32"),
+        rng.integers(0, 20, (8, 6)).astype("int32"),
+    ]
+    manifest = deploy.export(
+        model, str(folder / name), format, sample_inputs=x, batch_sizes=BATCH_SIZES
+    )
+    assert manifest["parity"]["passed"] is True
+    assert manifest["parity"]["max_rel_diff"] <= 1e-5
+    # Independently: the artifact on the same arrays, in the same order.
+    got = runners.run_batched(runners.load_runner(str(folder / name)), x, 4)
+    want = keras.tree.flatten(model(dict(zip(["padding_mask", "segment_ids", "token_ids"], x))))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, keras.ops.convert_to_numpy(w), atol=1e-5)

@@ -3,6 +3,7 @@
 import re
 
 from kdkeras.deploy import runners
+from kdkeras.deploy import signatures
 from kdkeras.deploy.errors import ConversionError
 from kdkeras.deploy.errors import layers_named_in
 from kdkeras.utils.atomic import atomic_path
@@ -25,7 +26,7 @@ def write_litert(model, path, specs, calibration=None):
             "optimizations": [tf.lite.Optimize.DEFAULT],
             "representative_dataset": representative,
         }
-    arg = [specs[0]] if len(specs) == 1 else [list(specs)]
+    arg = signatures.export_signature(model, specs)
     with atomic_path(path, suffix=".tflite") as tmp:
         try:
             model.export(tmp, format="litert", verbose=False, input_signature=arg, **kwargs)

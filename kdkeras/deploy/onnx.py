@@ -14,6 +14,7 @@ import tempfile
 import numpy as np
 
 from kdkeras.deploy import runners
+from kdkeras.deploy import signatures
 from kdkeras.deploy.errors import ConversionError
 from kdkeras.deploy.errors import layers_named_in
 from kdkeras.utils import keras_compat
@@ -115,7 +116,7 @@ def _inline_xla_functions():
 def _onnx_via_keras(model, tmp, specs, opset):
     import warnings
 
-    arg = [specs[0]] if len(specs) == 1 else [list(specs)]
+    arg = signatures.export_signature(model, specs)
     with warnings.catch_warnings():
         # Keras's tf2onnx shim probes `np.object`, which NumPy 2 warns about
         # on every export (harmless; remove once Keras drops the probe).
@@ -141,7 +142,7 @@ def _onnx_via_saved_model(model, tmp, specs, opset):
     keras_compat.patch_tf2onnx_for_numpy2()
     with tempfile.TemporaryDirectory() as folder:
         sm = os.path.join(folder, "saved_model")
-        arg = [specs[0]] if len(specs) == 1 else [list(specs)]
+        arg = signatures.export_signature(model, specs)
         model.export(sm, format="tf_saved_model", verbose=False, input_signature=arg)
         graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
             sm,

@@ -19,6 +19,7 @@ in `benchmarks/zoo_export.py` is ~1e-5) and far below 1.0.
 import numpy as np
 
 from kdkeras.deploy import runners
+from kdkeras.deploy import signatures
 from kdkeras.deploy.errors import ParityError
 
 __all__ = [
@@ -41,7 +42,7 @@ def keras_outputs(model, inputs, batch_size=256):
     import keras
 
     def run(chunk):
-        out = model(chunk[0] if len(chunk) == 1 else chunk, training=False)
+        out = model(signatures.pack_inputs(model, chunk), training=False)
         return [keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(out)]
 
     n = len(inputs[0])
