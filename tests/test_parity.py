@@ -59,7 +59,8 @@ class _Offset:
 @pytest.mark.parametrize(
     "scale, offset, failed",
     [
-        (1e3, 1e-3, ["atol"]),  # 1e-6 of the scale: float32 noise at scale 1000
+        (1e3, 1e-3, []),  # 1e-6 of the scale: float32 noise at scale 1000 passes
+        (1e3, 0.2, ["atol"]),  # above atol * scale (0.1), within rtol
         (1e-10, 1e-11, ["rtol"]),  # within atol, 10% of the scale
         (1.0, 1e-2, ["atol", "rtol"]),
         (1.0, 1e-6, []),
@@ -77,6 +78,7 @@ def test_check_parity_names_the_bound_that_failed(scale, offset, failed):
     assert figures["max_rel_diff"] == pytest.approx(offset / scale)
     assert figures["output_scale"] == pytest.approx(scale)
     assert (figures["atol"], figures["rtol"]) == (deploy.DEFAULT_ATOL, deploy.DEFAULT_RTOL)
+    assert figures["atol_bound"] == pytest.approx(deploy.DEFAULT_ATOL * max(1.0, scale))
 
 
 def _tiny_output_model(seed=0):

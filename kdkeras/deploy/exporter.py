@@ -151,8 +151,9 @@ def export(
             for a subclassed model without `sample_inputs`. The batch
             dimension is always made dynamic.
         opset: the ONNX opset, 9 to 18. Defaults to `17`.
-        atol: the largest absolute output difference allowed. Defaults to
-            `1e-4` (float32).
+        atol: the largest absolute output difference allowed for outputs
+            up to unit scale; above it, `atol * max|ref|` (float32 rounding
+            grows with the magnitude). Defaults to `1e-4`.
         rtol: the largest output difference allowed relative to the output
             scale, `max|ref - out| / max|ref|`. Defaults to `1e-3`.
         min_agreement: the smallest argmax agreement allowed. Defaults to
@@ -336,7 +337,8 @@ def gate(
         manifest["path"] = path
     if not report["passed"]:
         what = (
-            f"max_abs_diff={report.get('max_abs_diff'):.3g} (atol={atol:g}), "
+            f"max_abs_diff={report.get('max_abs_diff'):.3g} (atol={atol:g}, "
+            f"bound {report.get('atol_bound') or atol:.3g}), "
             f"max_rel_diff={report.get('max_rel_diff'):.3g} (rtol={rtol:g}, "
             f"output scale {report.get('output_scale'):.3g}), "
             if parity_gate == "diff"

@@ -2,7 +2,8 @@
 
 Two bounds, both required for a float artifact:
 
-- absolute: `max|ref - out| <= atol`;
+- absolute: `max|ref - out| <= atol * max(1, max|ref|)`: `atol` itself
+  for outputs up to unit scale, growing with the scale above it;
 - relative to the output scale: `max|ref - out| / max|ref| <= rtol`, per
   output (the largest ratio over outputs is reported).
 
@@ -11,7 +12,13 @@ random-weight MobileNetV2 at 96x96 outputs logits of ~1e-10, where any
 artifact (all zeros included) is within `atol=1e-4`. The relative bound
 divides by the largest reference magnitude rather than element by element,
 so that outputs crossing zero (logits) do not blow it up; an all-zeros
-artifact then scores exactly 1.0. `DEFAULT_RTOL = 1e-3` sits well above
+artifact then scores exactly 1.0.
+
+The absolute bound grows above unit scale because float32 rounding does:
+a random-weight NASNetMobile outputs logits of ~400, where the SavedModel
+(TensorFlow itself, at another batch size) differs from Keras by 2e-4 and
+ONNX by 5e-4, a relative 1e-6; a fixed `atol=1e-4` failed all three
+formats. Below unit scale the bound is `atol`, as before. `DEFAULT_RTOL = 1e-3` sits well above
 float32 conversion error (the largest figure over the keras.applications zoo
 in `benchmarks/zoo_export.py` is ~1e-5) and far below 1.0.
 """
@@ -125,13 +132,13 @@ def check_parity(
         inputs: list of arrays (the samples).
         batch_sizes: the artifact is run in chunks of each of these sizes.
             Defaults to `(1, 16)`.
-        atol: the largest absolute difference allowed (`gate="diff"`).
-            Defaults to `1e-4`.
+        atol: the largest absolute difference allowed at output scales up
+            to 1, `atol * max|ref|` above (`gate="diff"`). Defaults to `1e-4`.
         rtol: the largest difference allowed relative to the output scale,
             `max|ref - out| / max|ref|` (`gate="diff"`). Defaults to `1e-3`.
         min_agreement: the smallest share of samples whose argmax must
             agree. Defaults to `0.99`.
-        gate: `"diff"` (float artifacts: `max_abs_diff <= atol`,
+        gate: `"diff"` (float artifacts: `max_abs_diff <= atol_bound`,
             `max_rel_diff <= rtol` and agreement) or `"agreement"` (quantized artifacts, where the
             difference is expected). Defaults to `"diff"`.
         reference: precomputed Keras outputs for `inputs`. Defaults to
@@ -172,7 +179,9 @@ def check_parity(
             {"passed": False, "agreement": None},
         )
     failed = []
-    if gate == "diff" and not max_diff <= atol:
+    scale = max((float(np.max(np.abs(r))) for r in reference if r.size), default=0.0)
+    atol_bound = atol * max(1.0, scale)
+    if gate == "diff" and not max_diff <= atol_bound:
         failed.append("atol")
     if gate == "diff" and not max_rel <= rtol:
         failed.append("rtol")
@@ -186,8 +195,9 @@ def check_parity(
         "max_rel_diff": max_rel,
         "agreement": agreement,
         "atol": atol if gate == "diff" else None,
+        "atol_bound": atol_bound if gate == "diff" else None,
         "rtol": rtol if gate == "diff" else None,
-        "output_scale": max((float(np.max(np.abs(r))) for r in reference if r.size), default=0.0),
+        "output_scale": scale,
         "min_agreement": min_agreement,
         "num_samples": int(len(inputs[0])),
         "data": data,
