@@ -284,6 +284,38 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+def _cell(r):
+    if r is None:
+        return "-"
+    if not r["passed"]:
+        return "FAIL: " + r.get("error", "")[:80]
+    size = r.get("size_bytes")
+    parts = [
+        f"abs {_fmt(r.get('max_abs_diff'), '.0e')}",
+        f"rel {_fmt(r.get('max_rel_diff'), '.0e')}",
+    ]
+    if "int8" in r["format"]:
+        parts = [f"{r.get('quantized_ops')}/{r.get('quantizable_ops')} ops"]
+        parts.append(f"agr {_fmt(r.get('agreement'), '.2f')}")
+    parts.append(f"{_fmt(None if size is None else size / 2**20, '.1f')} MB")
+    parts.append(f"{_fmt(r.get('latency_ms'), '.1f')} ms")
+    return ("pass, " if "int8" not in r["format"] else "") + ", ".join(parts)
+
+
+def wide_markdown(rows):
+    """One row per model, one column per format (the README table)."""
+    formats = ("onnx", "tflite", "saved_model", "onnx int8", "tflite int8")
+    by = {(r["model"], r["format"]): r for r in rows}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = [
+        "| model | ONNX | LiteRT | SavedModel | ONNX int8 | LiteRT int8 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in models:
+        lines.append(f"| {m} | " + " | ".join(_cell(by.get((m, f))) for f in formats) + " |")
+    return "\n".join(lines)
+
+
 def write(rows, out_dir, command, seconds, versions):
     import json
 
@@ -296,6 +328,8 @@ def write(rows, out_dir, command, seconds, versions):
     text = (
         f"Command: `{command}` ({seconds / 60:.1f} min)\n\n"
         + markdown(rows)
+        + "\n\n"
+        + wide_markdown(rows)
         + "\n\nVersions: "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
         + "\n"
@@ -311,7 +345,24 @@ def main(argv=None):
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--smoke", action="store_true", help="one tiny CNN, all formats")
+    parser.add_argument(
+        "--table",
+        nargs="+",
+        default=None,
+        metavar="ZOO_JSON",
+        help="print the one-row-per-model table of earlier runs (later files win) and exit",
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        import json
+
+        merged = {}
+        for path in args.table:
+            with open(path, encoding="utf-8") as f:
+                for row in json.load(f)["rows"]:
+                    merged[(row["model"], row["format"])] = row
+        print(wide_markdown(list(merged.values())))
+        return 0
 
     from kdkeras.deploy import manifest as manifest_lib
 
