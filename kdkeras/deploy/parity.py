@@ -20,7 +20,7 @@ a random-weight NASNetMobile outputs logits of ~400, where the SavedModel
 ONNX by 5e-4, a relative 1e-6; a fixed `atol=1e-4` failed all three
 formats. Below unit scale the bound is `atol`, as before. `DEFAULT_RTOL = 1e-3` sits well above
 float32 conversion error (the largest figure over the keras.applications zoo
-in `benchmarks/zoo_export.py` is ~1e-5) and far below 1.0.
+in `benchmarks/zoo_export.py` is 3e-6) and far below 1.0.
 """
 
 import numpy as np
