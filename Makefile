@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# Every keras.applications family through ONNX and LiteRT (10-15 min on 2 cores).
+# Every keras.applications family (and keras-hub rows) through ONNX and LiteRT.
 test-zoo: $(STAMP)
 	$(BIN)/python -m pytest -q -m zoo tests/test_zoo.py
 
