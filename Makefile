@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: install demo lint test test-fast test-slow bench clean
+.PHONY: install demo lint test test-fast test-slow test-zoo bench clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "make: no Python >= 3.11 found on PATH (set PYTHON=...)" >&2; exit 1; }
@@ -38,8 +38,12 @@ test-fast: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# Every keras.applications family (and keras-hub rows) through ONNX and LiteRT.
+test-zoo: $(STAMP)
+	$(BIN)/python -m pytest -q -m zoo tests/test_zoo.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py
 
 clean:
-	rm -rf $(VENV) demo_output deploy_output export_output distill_output build *.egg-info
+	rm -rf $(VENV) demo_output deploy_output export_output distill_output zoo_output build *.egg-info

@@ -212,3 +212,39 @@ def test_compare_pipeline(digits, tmp_path):
     saved = json.load(open(tmp_path / "bench.json"))
     assert saved["ratios"] == pytest.approx(ratios)
     assert saved["parity"]["student.onnx"]["passed"] is True
+
+
+def test_plot_names_never_overlap(tmp_path, monkeypatch):
+    # student.onnx and student.int8.onnx: same accuracy, similar latency.
+    import matplotlib.pyplot as plt
+
+    results = [
+        {"name": "teacher.onnx", "latency_ms": {"p50": 0.35}, "accuracy": 0.959},
+        {"name": "student.onnx", "latency_ms": {"p50": 0.015}, "accuracy": 0.921},
+        {"name": "student.int8.onnx", "latency_ms": {"p50": 0.013}, "accuracy": 0.922},
+        {"name": "student (keras)", "latency_ms": {"p50": 0.43}, "accuracy": 0.921},
+    ]
+    for r, size in zip(results, (4_800_000, 815_000, 219_000, None)):
+        r["file_size_bytes"] = size
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # kept open to measure
+    deploy.report.plot(results, tmp_path / "b.png")
+    (fig,) = figures
+    (ax,) = fig.axes
+    assert len(ax.texts) == 0  # no names beside the points
+    texts = ax.get_legend().get_texts()
+    assert [t.get_text() for t in texts] == [
+        "teacher.onnx (4,688 KB)",
+        "student.onnx (796 KB)",
+        "student.int8.onnx (214 KB)",
+        "student (keras)",
+    ]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b)
+    monkeypatch.undo()
+    plt.close(fig)
+    with open(tmp_path / "b.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

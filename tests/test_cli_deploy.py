@@ -217,3 +217,40 @@ def test_export_scripts_smoke(script, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["passed"] is True
+
+
+def test_static_int8_that_quantizes_nothing_says_so(tmp_path, capsys):
+    # One convolution, one Dense: both are the first and the logits layer,
+    # which static int8 keeps in float32 by default.
+    keras.utils.set_random_seed(0)
+    small = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+    path = str(tmp_path / "small_cnn.keras")
+    small.save(path)
+    out = tmp_path / "out"
+    status = cli.main(
+        ["export", path, "--out", str(out), "--data", "digits", "--quantize", "static"]
+    )
+    captured = capsys.readouterr()
+    assert status == 0
+    q = _json_line(captured.out)["artifacts"][1]["quantization"]
+    assert (q["quantized_ops"], q["quantizable_ops"]) == (0, 2)
+    lines = [line for line in captured.err.splitlines() if "quantized 0 of" in line]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("kdkeras: warning: ")
+    assert "small_cnn.int8.onnx" in lines[0] and "quantized 0 of 2 weight-bearing ops" in lines[0]
+    assert f"{q['size_ratio']:.2f}x the float32 size" in lines[0]
+
+
+def test_rtol_option_reaches_the_gate(model_file, tmp_path, capsys):
+    status = cli.main(["export", model_file, "--out", str(tmp_path), "--rtol", "0.25"])
+    (artifact,) = _json_line(capsys.readouterr().out)["artifacts"]
+    assert status == 0
+    assert artifact["rtol"] == 0.25 and artifact["atol"] == 1e-4
+    assert artifact["max_rel_diff"] <= 1e-5

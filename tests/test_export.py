@@ -389,3 +389,173 @@ def test_atomic_writes(tmp_path):
                 f.write(content)
     assert (folder / "f").read_text() == "v2"
     assert sorted(os.listdir(tmp_path)) == ["a.txt", "model_dir"]
+
+
+# Issue 10: what the keras.applications zoo found (see benchmarks/zoo_export.py).
+
+
+def _normalized_cnn(seed=0):
+    """A Normalization layer with fixed statistics, as EfficientNet and ConvNeXt have."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Normalization(mean=[0.4, 0.5, 0.6], variance=[0.04, 0.05, 0.06])(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(x), name="normalized_cnn")
+
+
+def test_captured_constants_are_not_left_as_graph_inputs(folder):
+    # Model.export's tf2onnx call makes the Normalization constants graph
+    # inputs ("Required inputs [...normalization/Sub/y:0...] are missing");
+    # auto falls back to the SavedModel route, which freezes them.
+    model = _normalized_cnn()
+    x = np.random.default_rng(0).random((8, 8, 8, 3)).astype("float32")
+    with pytest.raises(deploy.ConversionError, match="captured constants became inputs"):
+        deploy.export(model, str(folder / "norm_keras.onnx"), sample_inputs=x, route="keras")
+    assert not os.path.exists(folder / "norm_keras.onnx")
+
+    path = str(folder / "norm.onnx")
+    manifest = deploy.export(model, path, sample_inputs=x, batch_sizes=BATCH_SIZES)
+    assert manifest["route"] == "saved_model"
+    assert "captured constants" in manifest["fallback_errors"][0]
+    assert [i.name for i in onnx.load(path).graph.input] == [manifest["inputs"][0]["name"]]
+    expected = keras.ops.convert_to_numpy(model(x))
+    got = _ort_outputs(path, [x], 4)
+    assert np.max(np.abs(got - expected)) / np.max(np.abs(expected)) <= 1e-5
+    assert manifest["parity"]["max_rel_diff"] <= 1e-5
+
+
+def test_grouped_convolution_is_inlined_and_converted(folder):
+    # Keras wraps Conv2D(groups>1) (ConvNeXt's depthwise convolutions) in a
+    # tf.function(jit_compile=True), which tf2onnx left as an unconverted
+    # StatefulPartitionedCall.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 4)),
+            keras.layers.Conv2D(4, 3, groups=4, padding="same"),
+            keras.layers.Conv2D(8, 3, groups=2, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    x = np.random.default_rng(1).random((8, 8, 8, 4)).astype("float32")
+    path = str(folder / "grouped.onnx")
+    manifest = deploy.export(model, path, sample_inputs=x, batch_sizes=BATCH_SIZES, route="keras")
+    convs = [n for n in onnx.load(path).graph.node if n.op_type == "Conv"]
+    groups = sorted(next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs)
+    assert groups == [2, 4]
+    assert manifest["parity"]["passed"] is True
+    assert manifest["parity"]["max_rel_diff"] <= 1e-5
+    # The SavedModel keeps the XLA call, which TF's CPU runtime needs.
+    sm = deploy.export(model, str(folder / "grouped_sm"), sample_inputs=x, batch_sizes=(4,))
+    assert sm["format"] == "saved_model" and sm["parity"]["max_abs_diff"] <= 1e-5
+
+
+class Digamma(keras.layers.Layer):
+    """A TensorFlow op neither tf2onnx 1.17 nor the LiteRT converter knows."""
+
+    def call(self, x):
+        import tensorflow as tf
+
+        return tf.math.digamma(x)
+
+
+def _digamma_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(4, activation="softplus")(inputs)
+    x = Digamma(name="psi")(x + 1.0)
+    return keras.Model(inputs, keras.layers.Dense(3)(x), name="digamma")
+
+
+@pytest.mark.parametrize("format, name", [("onnx", "psi.onnx"), ("tflite", "psi.tflite")])
+def test_unconvertible_op_names_op_layer_and_a_format_that_works(folder, format, name):
+    model = _digamma_model()
+    path = str(folder / name)
+    with pytest.raises(deploy.ConversionError, match=r"\['Digamma'\].*format='saved_model'") as e:
+        deploy.export(model, path, format, num_samples=4)
+    assert e.value.ops == ["Digamma"]
+    assert e.value.layers == ["psi"]
+    assert "layers=['psi']" in str(e.value)
+    assert e.value.alternatives == ["saved_model", "keras"]
+    assert not os.path.exists(path)
+    works = deploy.export(model, str(folder / f"psi_{format}_sm"), "saved_model", num_samples=4)
+    assert works["parity"]["passed"] is True and works["parity"]["max_rel_diff"] <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "name, format",
+    [("m.onnx", "onnx"), ("m.tflite", "tflite"), ("m.keras", "keras"), ("sm", "saved_model")],
+)
+def test_format_is_inferred_from_the_extension(name, format):
+    assert deploy.format_for_path(name) == format
+    assert deploy.format_for_path(name, format) == format
+
+
+def test_inferred_tflite_export(folder, images):
+    model = _cnn(seed=4)
+    path = str(folder / "inferred.tflite")
+    manifest = deploy.export(model, path, sample_inputs=images, batch_sizes=BATCH_SIZES)
+    assert manifest["format"] == "tflite"
+    with open(path, "rb") as f:
+        assert f.read(8)[4:8] == b"TFL3"  # a FlatBuffer, not an ONNX protobuf
+    assert manifest["parity"]["passed"] is True
+
+
+@pytest.mark.parametrize(
+    "name, format",
+    [("m.tflite", "onnx"), ("m.onnx", "tflite"), ("m.keras", "saved_model"), ("m.onnx", "keras")],
+)
+def test_extension_mismatch_is_refused_before_any_work(tmp_path, monkeypatch, name, format):
+    from kdkeras.deploy import exporter
+
+    def never(*args, **kwargs):
+        raise AssertionError("work started")
+
+    for name_ in ("check_plain_keras", "input_specs"):
+        monkeypatch.setattr(exporter, name_, never)
+    path = str(tmp_path / name)
+    with pytest.raises(ValueError, match=rf"Received: path='.*{name}', format='{format}'"):
+        deploy.export(_cnn(), path, format)
+    assert os.listdir(tmp_path) == []
+
+
+def _dict_input_model(seed=0):
+    """Inputs given as a dict, like keras-hub's backbones (token_ids, padding_mask)."""
+    keras.utils.set_random_seed(seed)
+    inputs = {
+        "token_ids": keras.Input((6,), dtype="int32", name="token_ids"),
+        "padding_mask": keras.Input((6,), dtype="int32", name="padding_mask"),
+        "segment_ids": keras.Input((6,), dtype="int32", name="segment_ids"),
+    }
+    x = keras.layers.Embedding(20, 8)(inputs["token_ids"])
+    x = x + keras.layers.Embedding(2, 8)(inputs["segment_ids"])
+    mask = keras.ops.expand_dims(keras.ops.cast(inputs["padding_mask"], "float32"), -1)
+    pooled = keras.ops.sum(x * mask, axis=1)
+    return keras.Model(inputs, {"logits": keras.layers.Dense(3)(pooled), "sequence": x})
+
+
+@pytest.mark.parametrize(
+    "format, name", [("onnx", "d.onnx"), ("tflite", "d.tflite"), ("saved_model", "d_sm")]
+)
+def test_model_on_a_dict_of_inputs(folder, format, name):
+    model = _dict_input_model()
+    rng = np.random.default_rng(0)
+    # model.inputs order: sorted keys (padding_mask, segment_ids, token_ids).
+    assert [t.name for t in model.inputs] == ["padding_mask", "segment_ids", "token_ids"]
+    x = [
+        (rng.random((8, 6)) > 0.3).astype("int32"),
+        rng.integers(0, 2, (8, 6)).astype("int32"),
+        rng.integers(0, 20, (8, 6)).astype("int32"),
+    ]
+    manifest = deploy.export(
+        model, str(folder / name), format, sample_inputs=x, batch_sizes=BATCH_SIZES
+    )
+    assert manifest["parity"]["passed"] is True
+    assert manifest["parity"]["max_rel_diff"] <= 1e-5
+    # Independently: the artifact on the same arrays, in the same order.
+    got = runners.run_batched(runners.load_runner(str(folder / name)), x, 4)
+    want = keras.tree.flatten(model(dict(zip(["padding_mask", "segment_ids", "token_ids"], x))))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, keras.ops.convert_to_numpy(w), atol=1e-5)

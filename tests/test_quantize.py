@@ -224,3 +224,62 @@ def test_litert_int8(cnn, digits, tmp_path):
     )
     assert manifest["parity"]["agreement"] >= 0.99
     assert os.path.getsize(path) < 0.6 * os.path.getsize(float_path)
+
+
+# Issue 10: quantization says how much it quantized.
+
+
+def test_static_report_counts_quantized_ops(static_int8, cnn):
+    path, manifest = static_int8
+    q = manifest["quantization"]
+    # Two convolutions and two Dense layers bear weights; the first
+    # convolution and the logits layer stay float32.
+    assert (q["quantized_ops"], q["quantizable_ops"]) == (2, 4)
+    # Counted independently: weight-bearing nodes reading a float weight.
+    proto = onnx.load(path)
+    weighted = [n for n in proto.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    assert len(weighted) == 4
+    assert sum(not _float_weight(proto, n) for n in weighted) == 2
+    assert deploy.onnx_quantized_ops(onnx.load(cnn[1])) == (0, 4)
+
+
+def test_dynamic_and_litert_reports_count_ops(cnn, transformer, digits, tmp_path):
+    model, path = transformer
+    tokens = np.random.default_rng(0).integers(0, 10, (32, 4)).astype("int32")
+    q = deploy.quantize(
+        model, path, str(tmp_path / "t.int8.onnx"), eval_data=tokens, min_agreement=0.0
+    )["quantization"]
+    # Four Dense projections in attention, one hidden Dense, the logits:
+    # all MatMul with weights, all quantized (QK^T and AV bear none).
+    assert q["quantized_ops"] == q["quantizable_ops"] == 6
+
+    model, _ = cnn
+    (x_train, _), (x_test, y_test) = digits
+    q = deploy.quantize_tflite(
+        model, str(tmp_path / "q.tflite"), calibration_data=x_train, eval_data=(x_test, y_test)
+    )["quantization"]
+    assert q["quantized_ops"] == q["quantizable_ops"] == 4
+
+
+def test_static_int8_that_quantizes_nothing_warns(digits, tmp_path):
+    (x_train, y_train), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    small = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+    float_path = str(tmp_path / "small_cnn.onnx")
+    deploy.export(small, float_path, sample_inputs=x_test)
+    out = str(tmp_path / "small_cnn.int8.onnx")
+    with pytest.warns(UserWarning, match=r"quantized 0 of 2 weight-bearing ops \(2 excluded"):
+        manifest = deploy.quantize(
+            small, float_path, out, calibration_data=x_train, eval_data=(x_test, y_test)
+        )
+    q = manifest["quantization"]
+    assert (q["quantized_ops"], q["quantizable_ops"]) == (0, 2)
+    assert q["size_ratio"] > 0.95
+    assert deploy.onnx_quantized_ops(onnx.load(out)) == (0, 2)

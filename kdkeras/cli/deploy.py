@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 __all__ = ["add_parsers", "run_bench", "run_export"]
 
@@ -48,7 +49,13 @@ def add_parsers(subparsers):
         action="store_true",
         help="load a trusted .keras file that holds code (Lambda layers)",
     )
-    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=1e-4, help="largest absolute difference")
+    p.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-3,
+        help="largest difference relative to the output scale, max|ref - out| / max|ref|",
+    )
     p.add_argument(
         "--min-agreement",
         type=float,
@@ -116,21 +123,36 @@ def run_export(args):
     if args.data is not None:
         (x_train, _), (x_test, y_test) = datasets.load(args.data)
         train, test = x_train, (x_test, y_test)
-    summary = deploy.export_file(
-        path,
-        args.out,
-        args.format,
-        quantize=args.quantize,
-        train=train,
-        test=test,
-        opset=args.opset,
-        atol=args.atol,
-        min_agreement=args.min_agreement,
-        batch_sizes=tuple(args.batch_sizes),
-        num_samples=args.num_samples,
-        safe_mode=not args.unsafe_deserialization,
-    )
+    with warnings.catch_warnings():
+        # Said once, below, as a `kdkeras: warning:` line.
+        warnings.filterwarnings("ignore", message="int8 quantization quantized 0 of")
+        summary = deploy.export_file(
+            path,
+            args.out,
+            args.format,
+            quantize=args.quantize,
+            train=train,
+            test=test,
+            opset=args.opset,
+            atol=args.atol,
+            rtol=args.rtol,
+            min_agreement=args.min_agreement,
+            batch_sizes=tuple(args.batch_sizes),
+            num_samples=args.num_samples,
+            safe_mode=not args.unsafe_deserialization,
+        )
     print(json.dumps(summary), flush=True)
+    for artifact in summary["artifacts"]:
+        q = artifact.get("quantization") or {}
+        if q.get("quantized_ops") == 0:
+            print(
+                f"kdkeras: warning: {artifact['path']}: int8 quantization quantized 0 of "
+                f"{q.get('quantizable_ops')} weight-bearing ops (the first and logits "
+                "layers stay float32 by default); the file is "
+                f"{q.get('size_ratio', float('nan')):.2f}x the float32 size",
+                file=sys.stderr,
+                flush=True,
+            )
     if not summary["passed"]:
         print(f"kdkeras: error: {summary['error']}", file=sys.stderr)
         return 1

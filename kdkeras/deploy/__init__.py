@@ -20,17 +20,22 @@ from kdkeras.deploy.errors import ParityError
 from kdkeras.deploy.exporter import DEFAULT_OPSET
 from kdkeras.deploy.exporter import FORMATS
 from kdkeras.deploy.exporter import export
+from kdkeras.deploy.exporter import format_for_path
 from kdkeras.deploy.exporter import gate
 from kdkeras.deploy.exporter import max_onnx_opset
 from kdkeras.deploy.exporter import validate_opset
 from kdkeras.deploy.int8 import default_settings
 from kdkeras.deploy.int8 import model_kind
+from kdkeras.deploy.int8 import onnx_quantized_ops
 from kdkeras.deploy.int8 import quantize
 from kdkeras.deploy.int8 import quantize_tflite
+from kdkeras.deploy.int8 import tflite_quantized_ops
 from kdkeras.deploy.manifest import failed_path
 from kdkeras.deploy.parity import DEFAULT_ATOL
 from kdkeras.deploy.parity import DEFAULT_BATCH_SIZES
+from kdkeras.deploy.parity import DEFAULT_RTOL
 from kdkeras.deploy.parity import check_parity
+from kdkeras.deploy.parity import difference_figures
 from kdkeras.deploy.parity import keras_outputs
 from kdkeras.deploy.parity import parity_figures
 from kdkeras.deploy.pipeline import compare
@@ -48,6 +53,7 @@ __all__ = [
     "DEFAULT_ATOL",
     "DEFAULT_BATCH_SIZES",
     "DEFAULT_OPSET",
+    "DEFAULT_RTOL",
     "FORMATS",
     "ParityError",
     "benchmark",
@@ -55,9 +61,11 @@ __all__ = [
     "check_parity",
     "compare",
     "default_settings",
+    "difference_figures",
     "export",
     "export_file",
     "failed_path",
+    "format_for_path",
     "format_results",
     "gate",
     "input_specs",
@@ -67,10 +75,12 @@ __all__ = [
     "load_runner",
     "max_onnx_opset",
     "model_kind",
+    "onnx_quantized_ops",
     "parity_figures",
     "plot_history",
     "quantize",
     "quantize_tflite",
+    "tflite_quantized_ops",
     "validate_opset",
     "write_json",
     "write_report",

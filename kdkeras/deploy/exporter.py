@@ -34,6 +34,7 @@ from kdkeras.deploy import saved_model
 from kdkeras.deploy.errors import ParityError
 from kdkeras.deploy.parity import DEFAULT_ATOL
 from kdkeras.deploy.parity import DEFAULT_BATCH_SIZES
+from kdkeras.deploy.parity import DEFAULT_RTOL
 from kdkeras.deploy.parity import check_parity
 from kdkeras.deploy.parity import keras_outputs
 from kdkeras.deploy.signatures import check_input_shapes
@@ -42,10 +43,48 @@ from kdkeras.deploy.signatures import input_specs
 from kdkeras.deploy.signatures import random_inputs
 from kdkeras.utils import atomic
 
-__all__ = ["DEFAULT_OPSET", "FORMATS", "export", "gate", "max_onnx_opset", "validate_opset"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "FORMATS",
+    "export",
+    "format_for_path",
+    "gate",
+    "max_onnx_opset",
+    "validate_opset",
+]
 
 FORMATS = ("keras", "saved_model", "onnx", "tflite")
 DEFAULT_OPSET = 17
+_EXTENSION_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".keras": "keras"}
+
+
+def format_for_path(path, format=None):
+    """The export format for `path`: `format` checked against the extension, or inferred.
+
+    `.onnx`, `.tflite` and `.keras` name their format; any other path (a
+    folder) is a SavedModel. A `format` that contradicts the extension is
+    refused before any work, so that `model.tflite` never holds an ONNX file.
+
+    Raises:
+        ValueError: an unknown `format`, or one the extension contradicts.
+    """
+    if format is not None and format not in FORMATS:
+        raise ValueError(
+            f"Expected format to be one of {list(FORMATS)} or None (inferred from "
+            f"the path). Received: format={format!r}"
+        )
+    path = os.fspath(path)
+    ext = os.path.splitext(path.rstrip("/"))[1].lower()
+    implied = _EXTENSION_FORMATS.get(ext)
+    if format is None:
+        return implied or "saved_model"
+    if implied is not None and implied != format:
+        raise ValueError(
+            f"Expected a path ending in the extension of format={format!r} "
+            f"(or format={implied!r} for this path, or format=None to infer "
+            f"it). Received: path={path!r}, format={format!r}"
+        )
+    return format
 
 
 def max_onnx_opset():
@@ -68,7 +107,7 @@ def validate_opset(opset):
 def export(
     model,
     path,
-    format="onnx",
+    format=None,
     *,
     sample_inputs=None,
     input_signature=None,
@@ -81,14 +120,16 @@ def export(
     threads=None,
     seed=0,
     safe_mode=True,
+    rtol=DEFAULT_RTOL,
 ):
     """Exports a Keras model and checks the artifact against it.
 
     The artifact is written atomically. It is then loaded in its own runtime
     (onnxruntime, LiteRT, TensorFlow, Keras) and run on `num_samples`
     samples at each of `batch_sizes`; its outputs are compared to the Keras
-    model's: max absolute difference (at most `atol`) and argmax agreement
-    (at least `min_agreement`). For ONNX, `onnx.checker` runs as well. A
+    model's: max absolute difference (at most `atol`), max difference
+    relative to the output scale (`max|ref - out| / max|ref|`, at most
+    `rtol`) and argmax agreement (at least `min_agreement`). For ONNX, `onnx.checker` runs as well. A
     manifest JSON (`<path>.manifest.json`) records inputs and outputs,
     format, opset, parity figures, file size, sha256 and library versions;
     it is written even when the gate fails, with `"passed": false`.
@@ -100,7 +141,9 @@ def export(
         path: the artifact path (`.keras`, `.onnx`, `.tflite`, or a folder
             for `"saved_model"`).
         format: `"onnx"`, `"tflite"`, `"saved_model"` or `"keras"`.
-            Defaults to `"onnx"`.
+            Defaults to `None`: inferred from the extension (`.onnx`,
+            `.tflite`, `.keras`; anything else is a SavedModel folder). A
+            format the extension contradicts is refused before any work.
         sample_inputs: an array or a list of arrays (one per model input);
             real data is best. Defaults to random inputs (uniform [0, 1)
             floats, valid token ids for integer inputs).
@@ -108,8 +151,11 @@ def export(
             for a subclassed model without `sample_inputs`. The batch
             dimension is always made dynamic.
         opset: the ONNX opset, 9 to 18. Defaults to `17`.
-        atol: the largest absolute output difference allowed. Defaults to
-            `1e-4` (float32).
+        atol: the largest absolute output difference allowed for outputs
+            up to unit scale; above it, `atol * max|ref|` (float32 rounding
+            grows with the magnitude). Defaults to `1e-4`.
+        rtol: the largest output difference allowed relative to the output
+            scale, `max|ref - out| / max|ref|`. Defaults to `1e-3`.
         min_agreement: the smallest argmax agreement allowed. Defaults to
             `0.99`.
         batch_sizes: the parity check runs at each. Defaults to `(1, 16)`.
@@ -141,12 +187,9 @@ def export(
     print(manifest["parity"]["max_abs_diff"])
     ```
     """
-    if format not in FORMATS:
-        raise ValueError(
-            f"Expected format to be one of {list(FORMATS)}. Received: format={format!r}"
-        )
-    check_plain_keras(model)
     path = os.fspath(path)
+    format = format_for_path(path, format)
+    check_plain_keras(model)
     if format == "onnx":
         opset = validate_opset(opset)
     if sample_inputs is not None:
@@ -188,6 +231,7 @@ def export(
         info=info,
         opset=opset if format == "onnx" else None,
         atol=atol,
+        rtol=rtol,
         min_agreement=min_agreement,
         batch_sizes=batch_sizes,
         threads=threads,
@@ -214,6 +258,7 @@ def gate(
     extra=None,
     safe_mode=True,
     publish_as=None,
+    rtol=DEFAULT_RTOL,
 ):
     """Loads an artifact, checks parity, writes its manifest; raises on failure.
 
@@ -256,6 +301,7 @@ def gate(
             samples,
             batch_sizes=batch_sizes,
             atol=atol,
+            rtol=rtol,
             min_agreement=min_agreement,
             gate=parity_gate,
             reference=reference,
@@ -291,12 +337,17 @@ def gate(
         manifest["path"] = path
     if not report["passed"]:
         what = (
-            f"max_abs_diff={report.get('max_abs_diff'):.3g} (atol={atol:g}), "
+            f"max_abs_diff={report.get('max_abs_diff'):.3g} (atol={atol:g}, "
+            f"bound {report.get('atol_bound') or atol:.3g}), "
+            f"max_rel_diff={report.get('max_rel_diff'):.3g} (rtol={rtol:g}, "
+            f"output scale {report.get('output_scale'):.3g}), "
             if parity_gate == "diff"
             else ""
         )
+        failed = report.get("failed") or []
+        bounds = f" [failed: {', '.join(failed)}]" if failed else ""
         raise ParityError(
-            f"Parity check failed for {path}: expected outputs matching the "
+            f"Parity check failed for {path}{bounds}: expected outputs matching the "
             f"Keras model. Received: {what}agreement={report.get('agreement')}"
             f" (min {min_agreement:g})",
             report,

@@ -30,6 +30,7 @@ the size ratio, latency ratios and the accuracy change against float32.
 
 import os
 import platform
+import warnings
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from kdkeras.deploy import parity
 from kdkeras.deploy import runners
 from kdkeras.deploy import signatures
 from kdkeras.utils import atomic
+from kdkeras.utils import keras_compat
 from kdkeras.utils.atomic import atomic_path
 
 __all__ = [
@@ -46,8 +48,11 @@ __all__ = [
     "compare_runners",
     "default_settings",
     "model_kind",
+    "onnx_quantized_ops",
     "quantize",
     "quantize_tflite",
+    "tflite_quantized_ops",
+    "warn_if_nothing_quantized",
 ]
 
 MODES = ("static", "dynamic")
@@ -140,6 +145,115 @@ def _logits_nodes(proto):
             break
         name = node.input[0]
     return []
+
+
+# Weight-bearing ONNX ops (a constant weight input), and the integer kernels
+# onnxruntime's operator-format quantization replaces them with.
+_ONNX_WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+_ONNX_INTEGER_OPS = (
+    "ConvInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "QGemm",
+    "QLinearConv",
+    "QLinearMatMul",
+)
+_TFLITE_WEIGHT_OPS = (
+    "BATCH_MATMUL",
+    "CONV_2D",
+    "CONV_3D",
+    "DEPTHWISE_CONV_2D",
+    "FULLY_CONNECTED",
+    "TRANSPOSE_CONV",
+)
+
+
+def onnx_quantized_ops(proto):
+    """`(quantized, total)` weight-bearing ops of an ONNX graph.
+
+    Weight-bearing: `Conv`, `ConvTranspose`, `MatMul` or `Gemm` with a
+    constant weight (an initializer, or a `DequantizeLinear` of one), and
+    the integer kernels that replace them. Quantized: the weight is stored
+    as an integer tensor (QDQ) or the op is an integer kernel. A MatMul of
+    two activations (attention scores) bears no weight and is not counted.
+    """
+    from onnx import TensorProto
+
+    integer = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4}
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    producers = {out: node for node in proto.graph.node for out in node.output}
+
+    def weight_kind(name):
+        if name in inits:
+            return "int" if inits[name] in integer else "float"
+        node = producers.get(name)
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            return "int" if inits[node.input[0]] in integer else "float"
+        return None
+
+    quantized = total = 0
+    for node in proto.graph.node:
+        if node.op_type in _ONNX_INTEGER_OPS:
+            quantized, total = quantized + 1, total + 1
+        elif node.op_type in _ONNX_WEIGHT_OPS:
+            kinds = {weight_kind(name) for name in node.input[:2]}
+            if "int" in kinds:
+                quantized, total = quantized + 1, total + 1
+            elif "float" in kinds:
+                total += 1
+    return quantized, total
+
+
+def tflite_quantized_ops(path):
+    """`(quantized, total)` weight-bearing ops of a LiteRT file.
+
+    Weight-bearing: convolutions, fully-connected layers and batch matmuls;
+    quantized: the weight tensor (input 1) is int8, directly or through a
+    `DEQUANTIZE`.
+    """
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=os.fspath(path))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = keras_compat.tflite_ops(interpreter)
+    producers = {out: op for op in ops for out in op["outputs"]}
+    quantized = total = 0
+    for op in ops:
+        if op["op_name"] not in _TFLITE_WEIGHT_OPS or len(op["inputs"]) < 2:
+            continue
+        weight = op["inputs"][1]
+        source = producers.get(weight)
+        if source is not None and source["op_name"] == "DEQUANTIZE":
+            weight = source["inputs"][0]
+        total += 1
+        if weight in tensors and np.dtype(tensors[weight]["dtype"]) in (np.int8, np.int16):
+            quantized += 1
+    return quantized, total
+
+
+def warn_if_nothing_quantized(report, path):
+    """Warns (a `UserWarning`) when int8 quantization left every weight-bearing op float.
+
+    Returns the message, or `None` when something was quantized.
+    """
+    quantized, total = report.get("quantized_ops"), report.get("quantizable_ops")
+    if quantized is None or quantized > 0:
+        return None
+    excluded = report.get("nodes_excluded") or []
+    why = (
+        f" ({len(excluded)} excluded by default: the first and the logits layers stay float32)"
+        if excluded
+        else ""
+    )
+    ratio = report.get("size_ratio")
+    size = f", {ratio:.2f}x the float32 size" if ratio is not None else ""
+    message = (
+        f"int8 quantization quantized 0 of {total} weight-bearing ops{why}: "
+        f"{os.fspath(path)} holds float32 weights{size}."
+    )
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return message
 
 
 class _Reader:
@@ -258,7 +372,10 @@ def quantize(
 
     Returns:
         The int8 model's manifest (a `dict`); `manifest["quantization"]`
-        holds settings, `size_ratio`, latency ratios and accuracy change.
+        holds settings, `quantized_ops` of `quantizable_ops` (the
+        weight-bearing ops whose weights became int8, see
+        `onnx_quantized_ops`), `size_ratio`, latency ratios and accuracy
+        change. When no op was quantized, a `UserWarning` says so.
 
     Raises:
         ParityError: agreement with the Keras model below `min_agreement`.
@@ -357,7 +474,9 @@ def quantize(
     float_runner = runners.OnnxRunner(onnx_path, threads)
     int8_runner = runners.OnnxRunner(staged, threads)
     report = {"model_kind": kind, **settings}
+    report["quantized_ops"], report["quantizable_ops"] = onnx_quantized_ops(onnx.load(staged))
     report["size_ratio"] = os.path.getsize(staged) / os.path.getsize(onnx_path)
+    warn_if_nothing_quantized(report, target)
     report.update(compare_runners(float_runner, int8_runner, x, y, batch_size=batch_size))
     return exporter.gate(
         model,
@@ -411,6 +530,8 @@ def quantize_tflite(
         "accuracy_int8": _accuracy(out, y),
         "agreement_with_float32": float(np.mean(ref[0].argmax(-1) == out[0].argmax(-1))),
     }
+    report["quantized_ops"], report["quantizable_ops"] = tflite_quantized_ops(staged)
+    warn_if_nothing_quantized(report, target)
     return exporter.gate(
         model,
         staged,

@@ -175,6 +175,8 @@ def compare(
 _EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "keras": ".keras", "saved_model": ""}
 _SUMMARY_QUANTIZATION_KEYS = (
     "mode",
+    "quantized_ops",
+    "quantizable_ops",
     "size_ratio",
     "accuracy_float32",
     "accuracy_int8",
@@ -192,8 +194,10 @@ def _summary_entry(manifest):
         "passed": p.get("passed"),
         "gate": p.get("gate"),
         "max_abs_diff": p.get("max_abs_diff"),
+        "max_rel_diff": p.get("max_rel_diff"),
         "agreement": p.get("agreement"),
         "atol": p.get("atol"),
+        "rtol": p.get("rtol"),
         "min_agreement": p.get("min_agreement"),
         "num_samples": p.get("num_samples"),
         "data": p.get("data"),
@@ -231,7 +235,7 @@ def export_file(
         test: `(x, y)` held-out data: parity samples, and the int8 gate.
             Needed with `quantize`. Defaults to random parity inputs.
         safe_mode: Keras's safe mode for loading `path`. Defaults to `True`.
-        **export_kwargs: `opset`, `atol`, `min_agreement`, `batch_sizes`,
+        **export_kwargs: `opset`, `atol`, `rtol`, `min_agreement`, `batch_sizes`,
             `num_samples` of `kdkeras.deploy.export` (the last two are not
             used by the int8 gate).
 

@@ -41,7 +41,8 @@ def _pyplot():
 
 def _save_png(fig, path):
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    # "tight" keeps the legend below the axes inside the image.
+    fig.savefig(buf, format="png", bbox_inches="tight")
     fig.clf()
     atomic_write_bytes(path, buf.getvalue())
     return os.fspath(path)
@@ -50,7 +51,9 @@ def _save_png(fig, path):
 def plot(results, path, title=None):
     """Writes a PNG: accuracy (or agreement) vs batch-1 p50 latency.
 
-    Marker area is proportional to file size. Returns `path`.
+    Marker area is proportional to file size; each model has its own colour
+    and its name (with the file size) in a legend below the axes, so that
+    names never overlap. Returns `path`.
     """
     plt = _pyplot()
 
@@ -59,19 +62,40 @@ def plot(results, path, title=None):
     sizes = [r.get("file_size_bytes") or 0 for r in results]
     biggest = max(sizes) or 1
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for r, size in zip(results, sizes):
+    colors = plt.get_cmap("tab10")
+    handles = []
+    for i, (r, size) in enumerate(zip(results, sizes)):
         area = 40 + 1200 * size / biggest
-        ax.scatter(r["latency_ms"]["p50"], r[metric], s=area, alpha=0.6, edgecolors="k")
         label = r["name"]
         if size:
             label += f" ({size / 1024:,.0f} KB)"
-        ax.annotate(
-            label,
-            (r["latency_ms"]["p50"], r[metric]),
-            textcoords="offset points",
-            xytext=(6, 6),
-            fontsize=8,
+        x, y = r["latency_ms"]["p50"], r[metric]
+        ax.scatter(x, y, s=area, alpha=0.6, color=colors(i % 10), edgecolors="k")
+        # Names go in a legend below the axes, one row each, not beside the
+        # points: models with the same accuracy and similar latency
+        # (student.onnx and student.int8.onnx) printed their labels on top
+        # of each other. Colour ties a marker to its row.
+        handles.append(
+            plt.Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                markersize=7,
+                markerfacecolor=colors(i % 10),
+                markeredgecolor="k",
+                alpha=0.8,
+                label=label,
+            )
         )
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncol=1,
+        fontsize=8,
+        frameon=False,
+    )
     ax.set_xscale("log")
     ax.margins(x=0.25, y=0.15)
     ax.set_xlabel("batch-1 latency p50 (ms, log scale)")

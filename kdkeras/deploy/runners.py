@@ -6,8 +6,11 @@ models the same way. Optional packages are imported here, lazily.
 """
 
 import os
+import re
 
 import numpy as np
+
+from kdkeras.utils import keras_compat
 
 __all__ = [
     "EXPORT_EXTRA_HINT",
@@ -146,8 +149,7 @@ class TFLiteRunner:
         self.threads = int(threads or default_threads())
         self.interpreter = tf.lite.Interpreter(model_path=self.path, num_threads=self.threads)
         self.interpreter.allocate_tensors()
-        self.input_details = self.interpreter.get_input_details()
-        self._outputs = self.interpreter.get_output_details()
+        self.input_details, self._outputs = _signature_order(self.interpreter)
         self.input_names = [d["name"] for d in self.input_details]
         self.output_names = [d["name"] for d in self._outputs]
         self._shapes = [tuple(d["shape"]) for d in self.input_details]
@@ -167,6 +169,38 @@ class TFLiteRunner:
 
     def settings(self):
         return {"num_threads": self.threads}
+
+
+def _natural(name):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _signature_order(interpreter):
+    """Input and output details in the order of the model's own inputs and outputs.
+
+    `get_input_details()` lists tensors by index, which for a model on a
+    dict of inputs (keras-hub: `segment_ids, token_ids, padding_mask`) is not
+    `model.inputs` order (sorted keys). The serving signature names them;
+    sorted naturally (`inputs_2` before `inputs_10`), they follow the
+    model's order, as Keras flattens dicts by sorted key.
+    """
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return inputs, outputs
+    key = next(iter(signatures))
+    runner = interpreter.get_signature_runner(key)
+    ordered = []
+    for details, named in (
+        (inputs, runner.get_input_details()),
+        (outputs, runner.get_output_details()),
+    ):
+        by_index = {d["index"]: d for d in details}
+        indices = [named[name]["index"] for name in sorted(named, key=_natural)]
+        if sorted(indices) != sorted(by_index):
+            return inputs, outputs
+        ordered.append([by_index[i] for i in indices])
+    return ordered[0], ordered[1]
 
 
 class KerasRunner:
@@ -200,9 +234,14 @@ class KerasRunner:
             self._dtypes = None
             self.input_names = None
 
+        struct = keras_compat.inputs_struct(model)
+
         def call(*xs):
-            outputs = model(xs[0] if len(xs) == 1 else list(xs), training=False)
-            return tf.nest.flatten(outputs)
+            if isinstance(struct, dict):  # keras-hub backbones take a dict
+                args = tf.nest.pack_sequence_as(struct, list(xs))
+            else:
+                args = xs[0] if len(xs) == 1 else list(xs)
+            return tf.nest.flatten(model(args, training=False))
 
         self._fn = tf.function(
             call,
@@ -244,7 +283,12 @@ class SavedModelRunner:
     def run(self, inputs):
         tf = self._tf
         args = [tf.constant(x) for x in inputs]
-        outputs = self.obj.serve(args[0] if len(args) == 1 else args)
+        # Exported from a model on a dict of inputs, `serve` takes that dict.
+        signature = self.obj.serve.concrete_functions[0].structured_input_signature[0][0]
+        if isinstance(signature, dict):
+            outputs = self.obj.serve(tf.nest.pack_sequence_as(signature, args))
+        else:
+            outputs = self.obj.serve(args[0] if len(args) == 1 else args)
         return [o.numpy() for o in tf.nest.flatten(outputs)]
 
     def settings(self):

@@ -7,7 +7,14 @@ import numpy as np
 from kdkeras.deploy import runners
 from kdkeras.utils import keras_compat
 
-__all__ = ["check_input_shapes", "check_plain_keras", "input_specs", "random_inputs"]
+__all__ = [
+    "check_input_shapes",
+    "check_plain_keras",
+    "export_signature",
+    "input_specs",
+    "pack_inputs",
+    "random_inputs",
+]
 
 
 def check_plain_keras(model):
@@ -28,6 +35,28 @@ def check_plain_keras(model):
                 f"{hint} Received: a {type(layer).__name__} "
                 f"(from {module}) in model={model.name!r}"
             )
+
+
+def pack_inputs(model, items):
+    """Arrays or specs, in `model.inputs` order, as the model's call takes them.
+
+    A model built on a dict of inputs (keras-hub backbones:
+    `{"token_ids", "padding_mask", ...}`) refuses a list; it gets the dict
+    back (`model.inputs` lists it in sorted key order). Any other model gets
+    one item, or a list.
+    """
+    import keras
+
+    items = list(items)
+    struct = keras_compat.inputs_struct(model)
+    if isinstance(struct, dict):
+        return keras.tree.pack_sequence_as(struct, items)
+    return items[0] if len(items) == 1 else items
+
+
+def export_signature(model, specs):
+    """The `input_signature` for `Model.export`: one argument, structured like the inputs."""
+    return [pack_inputs(model, specs)]
 
 
 def _sanitize(name, fallback):

@@ -27,6 +27,7 @@ __all__ = [
     "swap_trainer_functions",
     "symbolic_build",
     "tf2onnx_convert_graph",
+    "tflite_ops",
 ]
 
 KERAS_RANGE = ((3, 12), (3, 16))  # [first, last_exclusive), as in pyproject.toml
@@ -163,3 +164,15 @@ def in_multi_worker_mode(strategy):
     """Whether a `MultiWorkerMirroredStrategy` really spans several workers."""
     check = getattr(strategy.extended, "_in_multi_worker_mode", None)
     return bool(check()) if callable(check) else True
+
+
+def tflite_ops(interpreter):
+    """The ops of a LiteRT interpreter: `op_name`, `inputs`, `outputs` (tensor indices).
+
+    `tf.lite.Interpreter` has no public op listing; `_get_ops_details` is
+    what its own analyzer tools read. Used to count quantized ops.
+    """
+    return [
+        {"op_name": op["op_name"], "inputs": list(op["inputs"]), "outputs": list(op["outputs"])}
+        for op in interpreter._get_ops_details()
+    ]
