@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not subprocess"
+	$(BIN)/python -m pytest -q -m "not slow and not zoo and not subprocess"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
