@@ -39,3 +39,28 @@ def mirrored_strategy():
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) >= 2, "conftest configures two logical CPU devices"
     return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_python(args, timeout=600, env=None, cwd=ROOT):
+    """Runs `python ARGS` from the repository root, quietly, as a user would."""
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", **(env or {}))
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def run_python():
+    """`run_python(args, timeout=600, env=None, cwd=ROOT)`: a child Python process's result."""
+    return _run_python

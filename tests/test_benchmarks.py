@@ -1,27 +1,15 @@
 """The benchmark scripts run end to end (`--smoke`) and print their ratios."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 pytestmark = pytest.mark.subprocess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _run(args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
-def test_step_time_smoke_reports_every_ratio(tmp_path):
+def test_step_time_smoke_reports_every_ratio(tmp_path, run_python):
     out = tmp_path / "step_time.json"
-    result = _run(["benchmarks/step_time.py", "--smoke", "--json", str(out)])
+    result = run_python(["benchmarks/step_time.py", "--smoke", "--json", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert set(report["ratios"]) == {
@@ -36,15 +24,15 @@ def test_step_time_smoke_reports_every_ratio(tmp_path):
     assert all(value > 0 for value in short.values())
 
 
-def test_peer_accuracy_smoke_trains_all_four():
-    result = _run(["benchmarks/peer_accuracy.py", "--smoke"])
+def test_peer_accuracy_smoke_trains_all_four(run_python):
+    result = run_python(["benchmarks/peer_accuracy.py", "--smoke"])
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("| teacher |", "| scratch |", "| keras.distillation |", "| kdkeras |"):
         assert name in result.stdout
 
 
-def test_accuracy_study_smoke_reports_fair_gains(tmp_path):
-    result = _run(["benchmarks/accuracy.py", "--smoke", "--out", str(tmp_path)])
+def test_accuracy_study_smoke_reports_fair_gains(tmp_path, run_python):
+    result = run_python(["benchmarks/accuracy.py", "--smoke", "--out", str(tmp_path)])
     assert result.returncode == 0, result.stderr[-2000:]
     saved = json.loads((tmp_path / "accuracy.json").read_text())
     rows = {r["row"]: r for r in saved["results"]}
@@ -54,7 +42,7 @@ def test_accuracy_study_smoke_reports_fair_gains(tmp_path):
     assert f"{gain:+.4f}" in (tmp_path / "accuracy.md").read_text()
 
 
-def test_accuracy_sweep_refuses_the_test_set():
-    result = _run(["benchmarks/accuracy.py", "--sweep", "T=2", "--smoke"])
+def test_accuracy_sweep_refuses_the_test_set(run_python):
+    result = run_python(["benchmarks/accuracy.py", "--sweep", "T=2", "--smoke"])
     assert result.returncode != 0
     assert "--validate" in result.stderr

@@ -14,14 +14,12 @@ pytestmark = pytest.mark.subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+@pytest.fixture
+def _run(run_python):
+    return lambda args, timeout=300: run_python(args, timeout=timeout)
 
 
-def test_demo_smoke_writes_table_and_a_plain_keras_student(tmp_path):
+def test_demo_smoke_writes_table_and_a_plain_keras_student(tmp_path, _run):
     out = tmp_path / "demo"
     result = _run(["-m", "kdkeras.cli", "demo", "--smoke", "--out", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
@@ -44,7 +42,7 @@ def test_demo_smoke_writes_table_and_a_plain_keras_student(tmp_path):
     assert student(x).shape == (2, 10)
 
 
-def test_demo_bad_argument_is_one_line_and_nonzero(tmp_path):
+def test_demo_bad_argument_is_one_line_and_nonzero(tmp_path, _run):
     result = _run(["-m", "kdkeras.cli", "demo", "--epochs", "0", "--out", str(tmp_path)])
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -56,7 +54,7 @@ def test_demo_bad_argument_is_one_line_and_nonzero(tmp_path):
     assert "Received: name='cifar'" in result.stderr
 
 
-def test_output_kd_recipe_smoke(tmp_path):
+def test_output_kd_recipe_smoke(tmp_path, _run):
     backup = tmp_path / "backup"
     result = _run(["recipes/output_kd.py", "--smoke", "--seeds", "2", "--backup-dir", str(backup)])
     assert result.returncode == 0, result.stderr[-2000:]

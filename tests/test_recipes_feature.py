@@ -1,7 +1,4 @@
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,17 +8,17 @@ pytestmark = pytest.mark.subprocess
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(script, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / script), "--smoke", *args],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+@pytest.fixture
+def run(run_python):
+    def run_script(script, *args):
+        result = run_python([script, "--smoke", *args])
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    return run_script
 
 
-def test_feature_kd_smoke():
+def test_feature_kd_smoke(run):
     out = run("recipes/feature_kd.py", "--seeds", "1")
     # The student's features differ from the teacher's: FitNets gets an adapter.
     assert re.search(
@@ -35,13 +32,13 @@ def test_feature_kd_smoke():
         assert 0.0 <= float(accuracy) <= 1.0 and float(seconds) > 0
 
 
-def test_feature_step_time_smoke():
+def test_feature_step_time_smoke(run):
     out = run("benchmarks/feature_step_time.py")
     assert re.search(r"kdkeras / keras.distillation: [0-9.]+", out)
     assert re.search(r"kdkeras / \(student \+ teacher inference\): [0-9.]+", out)
 
 
-def test_output_kd_standardize_smoke():
+def test_output_kd_standardize_smoke(run):
     out = run("recipes/output_kd.py", "--seeds", "1", "--standardize")
     assert "| student (distilled, standardized) | 203,530 |" in out
     assert "standardized T=2.0" in out

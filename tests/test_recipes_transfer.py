@@ -1,7 +1,4 @@
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,12 +8,8 @@ pytestmark = pytest.mark.subprocess
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_transfer_kd_smoke():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "transfer_kd.py"), "--smoke", "--seeds", "1"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+def test_transfer_kd_smoke(run_python):
+    result = run_python(["recipes/transfer_kd.py", "--smoke", "--seeds", "1"])
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "parameters: 5,130 -> 762" in out

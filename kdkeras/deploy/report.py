@@ -43,7 +43,6 @@ def _save_png(fig, path):
     buf = io.BytesIO()
     # "tight" keeps the legend below the axes inside the image.
     fig.savefig(buf, format="png", bbox_inches="tight")
-    fig.clf()
     atomic_write_bytes(path, buf.getvalue())
     return os.fspath(path)
 
