@@ -224,10 +224,11 @@ def _top_k_log_probs(teacher, student, real):
             f"[batch, time, k]. Received: {TOP_K_IDS}.shape={tuple(ids.shape)}, "
             f"{TOP_K_LOG_PROBS}.shape={tuple(log_p_k.shape)}"
         )
-    k = ids.shape[-1]
+    k = ops.shape(ids)[-1]  # a tensor when the cache's shapes are unknown
     if real is not None:
+        # Any finite stand-in: the values at padded positions are dropped.
         ids = ops.where(real[..., None], ids, 0)
-        log_p_k = ops.where(real[..., None], log_p_k, -math.log(k))
+        log_p_k = ops.where(real[..., None], log_p_k, 0.0)
     log_q_all = ops.log_softmax(student, axis=-1)
     log_q_k = ops.take_along_axis(log_q_all, ids, axis=-1)
 
