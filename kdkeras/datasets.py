@@ -11,11 +11,27 @@ images as `float32` in `[0, 1]` with a trailing channel axis, labels as
   split, rescaled to `[0, 1]`. Offline; needs the `data` extra.
 - `"mnist"`: the full 60,000 / 10,000 MNIST through `keras.datasets`. Needs a
   network on first use; never used by the tests.
+
+For language models, `python_sources()` returns a byte corpus that ships
+with every Python: the standard library's own `.py` files, split by file
+into train / validation / test; `byte_windows` cuts training and
+evaluation windows from it.
 """
+
+import os
+import zlib
 
 import numpy as np
 
-__all__ = ["NAMES", "SMOKE_TEST", "SMOKE_TRAIN", "load", "smoke_subset"]
+__all__ = [
+    "NAMES",
+    "SMOKE_TEST",
+    "SMOKE_TRAIN",
+    "byte_windows",
+    "load",
+    "python_sources",
+    "smoke_subset",
+]
 
 NAMES = ("mnist-5k", "digits", "mnist")
 
@@ -120,3 +136,84 @@ def smoke_subset(data, n_train=SMOKE_TRAIN, n_test=SMOKE_TEST):
     """
     (x_train, y_train), (x_test, y_test) = data
     return (x_train[:n_train], y_train[:n_train]), (x_test[:n_test], y_test[:n_test])
+
+
+# ------------------------------------------------------------ text
+
+
+_EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+def _split_of(relative_path):
+    """The split of a file, fixed by its path: crc32 % 10 == 0 test, 1 validation."""
+    bucket = zlib.crc32(relative_path.replace(os.sep, "/").encode("utf-8")) % 10
+    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+
+
+def python_sources(root=None):
+    """The Python standard library's own `.py` sources as bytes, split by file.
+
+    Every Python ships this corpus, so it needs no download. Files are read
+    from `root` (default: `sysconfig.get_paths()["stdlib"]`), skipping
+    installed packages (`site-packages`, `dist-packages`) and test suites
+    (directories named `test`, `tests`, `idle_test`). Each file goes to one
+    split by its path relative to `root`: `zlib.crc32(path) % 10` is 0 for
+    test, 1 for validation, anything else for train (about 80 / 10 / 10 by
+    file, the same on every machine for the same Python version). Files of a
+    split are concatenated in sorted path order, each followed by a blank
+    line.
+
+    Args:
+        root: the directory to read. Defaults to the running Python's
+            standard library.
+
+    Returns:
+        A dict `{"train", "validation", "test"}` of `uint8` arrays, plus
+        `"files"`: the number of files per split, and `"root"`.
+
+    Example:
+
+    ```python
+    corpus = kdkeras.datasets.python_sources()
+    x = kdkeras.datasets.byte_windows(corpus["train"], length=65, count=1024, seed=0)
+    ```
+    """
+    import sysconfig
+
+    root = os.fspath(root or sysconfig.get_paths()["stdlib"])
+    paths = []
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _EXCLUDED_DIRS)
+        paths += [os.path.join(directory, f) for f in files if f.endswith(".py")]
+    parts = {"train": [], "validation": [], "test": []}
+    for path in sorted(paths, key=lambda p: os.path.relpath(p, root)):
+        with open(path, "rb") as f:
+            parts[_split_of(os.path.relpath(path, root))].append(f.read() + b"\n\n")
+    if not parts["train"] or not parts["test"]:
+        raise ValueError(
+            "Expected Python sources to split into train and test files. "
+            f"Received: root={root!r} with {len(paths)} .py files"
+        )
+    corpus = {k: np.frombuffer(b"".join(v), dtype=np.uint8) for k, v in parts.items()}
+    corpus["files"] = {k: len(v) for k, v in parts.items()}
+    corpus["root"] = root
+    return corpus
+
+
+def byte_windows(data, length, count, seed=0):
+    """`count` windows of `length` consecutive bytes at random offsets of `data`.
+
+    Args:
+        data: a `uint8` array (one split of `python_sources`).
+        length: bytes per window (the context plus one, for next-byte
+            targets).
+        count: how many windows.
+        seed: seed of the offsets. Defaults to 0.
+
+    Returns:
+        An `int32` array `(count, length)`.
+    """
+    if len(data) <= length:
+        raise ValueError(f"Expected more than length={length} bytes. Received: {len(data)} bytes")
+    starts = np.random.default_rng(seed).integers(0, len(data) - length, count)
+    return data[starts[:, None] + np.arange(length)[None, :]].astype("int32")
