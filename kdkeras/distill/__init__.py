@@ -4,7 +4,9 @@ Modules: `distiller` (the `Distiller`), `taps` (intermediate outputs during
 the single forward pass), `layer_pairs` (`propose_layer_pairs`), `adapters`
 (student features mapped to the teacher's shapes), `teacher_cache` (teacher
 outputs computed once), `data_checks` (bad input caught before `fit`),
-`callbacks` (`BackupAndRestore`, `TerminateOnNonFinite`, `Schedule`, `Warmup`), `views` (augmentation and mixup applied once for both models), `multiworker` (the
+`callbacks` (`BackupAndRestore`, `TerminateOnNonFinite`, `Schedule`, `Warmup`), `views` (augmentation and mixup applied once for both models), `sequences`
+(padding masks, token counts, unlabeled weights), `on_policy` (student-written
+sequences for on-policy distillation), `multiworker` (the
 `MultiWorkerMirroredStrategy` fix).
 
 Imports `kdkeras.losses` and `kdkeras.utils`; never `kdkeras.deploy` or
@@ -21,6 +23,7 @@ from kdkeras.distill.data_checks import check_finite
 from kdkeras.distill.distiller import Distiller
 from kdkeras.distill.layer_pairs import propose_layer_pairs
 from kdkeras.distill.multiworker import enable_multi_worker_fit
+from kdkeras.distill.on_policy import sample_continuations
 from kdkeras.distill.taps import find_layer
 
 __all__ = [
@@ -35,4 +38,5 @@ __all__ = [
     "find_layer",
     "make_adapter",
     "propose_layer_pairs",
+    "sample_continuations",
 ]
