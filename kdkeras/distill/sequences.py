@@ -96,11 +96,21 @@ def pack_unlabeled_weights(method, args, kwargs, validation=False):
     """
     import inspect
 
+    import keras
+
     bound = inspect.signature(method).bind(*args, **kwargs)
     arguments = bound.arguments
     weight = arguments.get("sample_weight")
-    if arguments.get("y") is None and weight is not None:
-        arguments["x"] = cache_lib.pack_sample_weight(arguments.get("x"), weight)
+    x = arguments.get("x")
+    # Datasets and generators carry their own weights ((x, None, w)
+    # elements); Keras refuses `sample_weight` next to them with its own error.
+    stream = (
+        hasattr(x, "element_spec")  # tf.data.Dataset
+        or hasattr(x, "__next__")  # generators
+        or isinstance(x, keras.utils.PyDataset)
+    )
+    if arguments.get("y") is None and weight is not None and not stream:
+        arguments["x"] = cache_lib.pack_sample_weight(x, weight)
         arguments["sample_weight"] = None
     data = arguments.get("validation_data") if validation else None
     if isinstance(data, (tuple, list)) and len(data) == 3 and data[1] is None:
