@@ -16,10 +16,16 @@ images as `float32` in `[0, 1]` with a trailing channel axis, labels as
 `kdkeras distill`: one of the names above, an `.npz` file or a folder of
 images, checked against the teacher's input (and classes) before anything
 trains, and returned as a `UserData`.
+
+For language models, `python_sources()` returns a byte corpus that ships
+with every Python: the standard library's own `.py` files, split by file
+into train / validation / test; `byte_windows` cuts training and
+evaluation windows from it.
 """
 
 import dataclasses
 import os
+import zlib
 
 import numpy as np
 
@@ -30,8 +36,10 @@ __all__ = [
     "SMOKE_TRAIN",
     "TEST_SHARE",
     "UserData",
+    "byte_windows",
     "load",
     "load_user_data",
+    "python_sources",
     "smoke_subset",
 ]
 
@@ -444,3 +452,84 @@ def load_user_data(
         yt = _check_labels(yt, "y_test", len(xt), num_classes)
     split += f": {len(x):,} train / {len(xt):,} test" + (f"; {note}" if note else "")
     return UserData(x, y, xt, yt, source=spec, split=split, class_names=class_names)
+
+
+# ------------------------------------------------------------ text
+
+
+_EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+def _split_of(relative_path):
+    """The split of a file, fixed by its path: crc32 % 10 == 0 test, 1 validation."""
+    bucket = zlib.crc32(relative_path.replace(os.sep, "/").encode("utf-8")) % 10
+    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+
+
+def python_sources(root=None):
+    """The Python standard library's own `.py` sources as bytes, split by file.
+
+    Every Python ships this corpus, so it needs no download. Files are read
+    from `root` (default: `sysconfig.get_paths()["stdlib"]`), skipping
+    installed packages (`site-packages`, `dist-packages`) and test suites
+    (directories named `test`, `tests`, `idle_test`). Each file goes to one
+    split by its path relative to `root`: `zlib.crc32(path) % 10` is 0 for
+    test, 1 for validation, anything else for train (about 80 / 10 / 10 by
+    file, the same on every machine for the same Python version). Files of a
+    split are concatenated in sorted path order, each followed by a blank
+    line.
+
+    Args:
+        root: the directory to read. Defaults to the running Python's
+            standard library.
+
+    Returns:
+        A dict `{"train", "validation", "test"}` of `uint8` arrays, plus
+        `"files"`: the number of files per split, and `"root"`.
+
+    Example:
+
+    ```python
+    corpus = kdkeras.datasets.python_sources()
+    x = kdkeras.datasets.byte_windows(corpus["train"], length=65, count=1024, seed=0)
+    ```
+    """
+    import sysconfig
+
+    root = os.fspath(root or sysconfig.get_paths()["stdlib"])
+    paths = []
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _EXCLUDED_DIRS)
+        paths += [os.path.join(directory, f) for f in files if f.endswith(".py")]
+    parts = {"train": [], "validation": [], "test": []}
+    for path in sorted(paths, key=lambda p: os.path.relpath(p, root)):
+        with open(path, "rb") as f:
+            parts[_split_of(os.path.relpath(path, root))].append(f.read() + b"\n\n")
+    if not parts["train"] or not parts["test"]:
+        raise ValueError(
+            "Expected Python sources to split into train and test files. "
+            f"Received: root={root!r} with {len(paths)} .py files"
+        )
+    corpus = {k: np.frombuffer(b"".join(v), dtype=np.uint8) for k, v in parts.items()}
+    corpus["files"] = {k: len(v) for k, v in parts.items()}
+    corpus["root"] = root
+    return corpus
+
+
+def byte_windows(data, length, count, seed=0):
+    """`count` windows of `length` consecutive bytes at random offsets of `data`.
+
+    Args:
+        data: a `uint8` array (one split of `python_sources`).
+        length: bytes per window (the context plus one, for next-byte
+            targets).
+        count: how many windows.
+        seed: seed of the offsets. Defaults to 0.
+
+    Returns:
+        An `int32` array `(count, length)`.
+    """
+    if len(data) <= length:
+        raise ValueError(f"Expected more than length={length} bytes. Received: {len(data)} bytes")
+    starts = np.random.default_rng(seed).integers(0, len(data) - length, count)
+    return data[starts[:, None] + np.arange(length)[None, :]].astype("int32")

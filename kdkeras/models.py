@@ -10,6 +10,8 @@ the teacher and students of the demo, recipes and benchmarks.
 error for anything else. `build_student(spec, teacher)` makes the student of
 `kdkeras distill` from a `--student` value: derived from the teacher's
 weights (`kdkeras.transfer.shrink`), a file, or a reference student.
+`byte_lm` is a byte-level causal Transformer language model built from
+keras-hub layers (the `text` extra).
 """
 
 import os
@@ -20,6 +22,7 @@ __all__ = [
     "BUILT_IN_STUDENTS",
     "DEFAULT_STUDENT_SHARE",
     "build_student",
+    "byte_lm",
     "check_student",
     "cnn_student",
     "classifier_io",
@@ -32,6 +35,48 @@ __all__ = [
 ]
 
 _MODEL_FILES = "a .keras file, a legacy .h5 file or a SavedModel folder"
+
+
+def byte_lm(width=128, blocks=4, heads=4, context=64, name="byte_lm"):
+    """A byte-level causal language model: 256 token ids in, next-byte logits out.
+
+    keras-hub's `TokenAndPositionEmbedding`, `blocks` pre-norm
+    `TransformerDecoder`s (decoder-only: causal self-attention, MLP of
+    `4 * width`, ReLU), a final `LayerNormalization` and a `Dense(256)`.
+    The input length is dynamic (up to `context`), so an exported model
+    takes any batch size and any length.
+
+    Args:
+        width: the embedding width. Defaults to 128.
+        blocks: the number of decoder blocks. Defaults to 4.
+        heads: attention heads per block. Defaults to 4.
+        context: the longest input, in bytes. Defaults to 64.
+        name: the model's name. Defaults to `"byte_lm"`.
+
+    Returns:
+        A Functional `keras.Model` mapping `(batch, length)` int32 bytes to
+        `(batch, length, 256)` logits.
+
+    Raises:
+        ImportError: when keras-hub (the `text` extra) is missing.
+    """
+    try:
+        import keras_hub
+    except ImportError as e:
+        raise ImportError(
+            "byte_lm needs keras-hub. Install it with `pip install 'kdkeras[text]'`."
+        ) from e
+    tokens = keras.Input((None,), dtype="int32", name="bytes")
+    x = keras_hub.layers.TokenAndPositionEmbedding(
+        vocabulary_size=256, sequence_length=context, embedding_dim=width, name="embedding"
+    )(tokens)
+    for i in range(blocks):
+        x = keras_hub.layers.TransformerDecoder(
+            intermediate_dim=4 * width, num_heads=heads, normalize_first=True, name=f"block_{i}"
+        )(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")(x)
+    logits = keras.layers.Dense(256, name="logits")(x)
+    return keras.Model(tokens, logits, name=name)
 
 
 def cnn_teacher(input_shape=(28, 28, 1), num_classes=10, name="teacher"):

@@ -228,3 +228,9 @@ def test_compat_readers_see_what_keras_holds():
     sub = Sub()
     sub(np.ones((1, 5), "float32"))
     assert list(keras_compat.build_shapes(sub).values()) == [(1, 5)]
+
+    tokens = keras.Input((3,), dtype="int32")
+    embedded = keras.Model(tokens, keras.layers.Embedding(4, 2, mask_zero=True)(tokens))
+    mask = keras_compat.keras_mask(embedded(np.array([[1, 0, 2]])))
+    assert np.asarray(mask).tolist() == [[True, False, True]]
+    assert keras_compat.keras_mask(np.ones((1, 3), "float32")) is None

@@ -9,9 +9,10 @@ outputs computed once), `data_checks` (bad input caught before `fit`),
 per-sample state), `terms` (building, calling and gathering the terms in
 the training step), `callbacks` (`BackupAndRestore`, `HistoryLog`,
 `TerminateOnNonFinite`, `Schedule`, `Warmup`), `views` (augmentation and
-mixup applied once for both models), `multiworker` (the
-`MultiWorkerMirroredStrategy` fix), `recipes` (named settings of
-`kdkeras distill`: `RECIPES`, `build`).
+mixup applied once for both models), `sequences` (padding masks, token
+counts, unlabeled weights), `on_policy` (student-written sequences for
+on-policy distillation), `multiworker` (the `MultiWorkerMirroredStrategy`
+fix), `recipes` (named settings of `kdkeras distill`: `RECIPES`, `build`).
 
 Imports `kdkeras.losses` and `kdkeras.utils`; never `kdkeras.deploy` or
 `kdkeras.transfer`.
@@ -32,6 +33,7 @@ from kdkeras.distill.indices import INPUTS_KEY
 from kdkeras.distill.indices import with_indices
 from kdkeras.distill.layer_pairs import propose_layer_pairs
 from kdkeras.distill.multiworker import enable_multi_worker_fit
+from kdkeras.distill.on_policy import sample_continuations
 from kdkeras.distill.taps import find_layer
 
 __all__ = [
@@ -50,5 +52,6 @@ __all__ = [
     "make_adapter",
     "propose_layer_pairs",
     "recipes",
+    "sample_continuations",
     "with_indices",
 ]

@@ -179,6 +179,8 @@ def check_fit_data(distiller, x, y=None, sample_weight=None, name="x"):
         return
     x = indices_lib.unpack(x)[0]
     inputs, targets = cache_lib.unpack(x) if isinstance(x, dict) else (x, None)
+    if sample_weight is None:  # unlabeled weights travel packed with the inputs
+        sample_weight = cache_lib.packed_sample_weight(x)
     check_finite(inputs, name)
     if targets is not None:
         views = getattr(distiller, "augment", None), getattr(distiller, "mixup", None)

@@ -8,14 +8,22 @@ from kdkeras.distill import arguments as arguments_lib
 from kdkeras.distill import data_checks
 from kdkeras.distill import indices as indices_lib
 from kdkeras.distill import multiworker
+from kdkeras.distill import sequences
 from kdkeras.distill import taps
 from kdkeras.distill import teacher_cache as cache_lib
 from kdkeras.distill import terms as terms_lib
 from kdkeras.distill import views as views_lib
+from kdkeras.losses import TOP_K_IDS
 from kdkeras.losses import DistillationLoss
+from kdkeras.losses import TokenDistillationLoss
+from kdkeras.losses import check_vocab_sizes
 from kdkeras.losses import ensemble_logits
 from kdkeras.losses import is_finite_number
+from kdkeras.losses import is_top_k
 from kdkeras.losses import reduce_per_sample
+from kdkeras.losses import reduce_per_token
+from kdkeras.losses import token_count
+from kdkeras.losses import top_k_targets
 from kdkeras.utils import keras_compat
 
 __all__ = ["Distiller"]
@@ -300,10 +308,21 @@ class Distiller(keras.Model):
                 None if s_name is None else taps.find_layer(self.student, s_name, "student")
             )
 
+    def _is_output_term(self, j):
+        return self._teacher_taps[j] is None and self._student_taps[j] is None
+
     def _check_output_shapes(self):
-        """Output terms need teacher and student outputs of the same shape."""
-        if all(tap is not None for tap in self._teacher_taps):
+        """Output terms need teacher and student outputs of the same shape.
+
+        Token terms compare vocabularies themselves (`check_vocab_sizes`):
+        with token terms only, the last axis may differ by a padded tail.
+        """
+        output_terms = [
+            term for j, term in enumerate(self.distillation_losses) if self._teacher_taps[j] is None
+        ]
+        if not output_terms:
             return
+        tokens_only = all(isinstance(term, TokenDistillationLoss) for term in output_terms)
         s_out = getattr(self.student, "outputs", None)
         for t in self._teachers:
             t_out = getattr(t, "outputs", None)
@@ -311,6 +330,11 @@ class Distiller(keras.Model):
                 continue  # subclassed models: checked on the first batch
             t_shapes = [tuple(o.shape) for o in t_out]
             s_shapes = [tuple(o.shape) for o in s_out]
+            if tokens_only and len(t_shapes) == len(s_shapes) == 1:
+                for term in output_terms:
+                    check_vocab_sizes(t_shapes[0][-1], s_shapes[0][-1], term.vocab_size)
+                t_shapes = [shape[:-1] for shape in t_shapes]
+                s_shapes = [shape[:-1] for shape in s_shapes]
             compatible = len(t_shapes) == len(s_shapes) and all(
                 len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
                 for a, b in zip(t_shapes, s_shapes)
@@ -335,15 +359,28 @@ class Distiller(keras.Model):
         them here (`kdkeras.distill.with_indices`: `0 .. n - 1`, shuffled
         with their samples); a `tf.data.Dataset` must carry them, and one
         that does not is refused before training.
+
+        `fit(x, sample_weight=w)` without labels trains the distillation
+        terms with the weights `w` (a padding mask, for example): Keras
+        drops `sample_weight` when `y` is `None`, so the weights are packed
+        with the inputs (and shuffled with them). The same holds for
+        `validation_data=(x, None, w)`. A `tf.data.Dataset` may yield
+        `(x, None, w)` directly.
         """
         import inspect
 
+        args, kwargs = sequences.pack_unlabeled_weights(super().fit, args, kwargs, validation=True)
         bound = inspect.signature(super().fit).bind(*args, **kwargs)
         if "x" in bound.arguments:
             bound.arguments["x"] = indices_lib.index_fit_inputs(
                 bound.arguments["x"], self.distillation_losses
             )
         return data_checks.fit_with_checks(super().fit, self, *bound.args, **bound.kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """`keras.Model.evaluate`; `evaluate(x, sample_weight=w)` without labels honours `w`."""
+        args, kwargs = sequences.pack_unlabeled_weights(super().evaluate, args, kwargs)
+        return super().evaluate(*args, **kwargs)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Configures training, with the signature of `keras.Model.compile`.
@@ -408,12 +445,18 @@ class Distiller(keras.Model):
             "features": keras.tree.map_structure(stop, features),
         }
 
-    def compute_teacher_outputs(self, x):
+    def compute_teacher_outputs(self, x, top_k=None, vocab_size=None):
         """Everything the terms need from the teacher for a batch `x`.
 
-        Used by `cache_teacher_outputs`; the structure is internal.
+        Used by `cache_teacher_outputs`; the structure is internal. With
+        `top_k`, each output becomes top-k targets (`top_k_targets`, over
+        the first `vocab_size` entries when given).
         """
-        return self._teacher_targets(x)
+        targets = self._teacher_targets(x)
+        if top_k is not None:
+            outputs = tuple(top_k_targets(o, top_k, vocab_size) for o in targets["outputs"])
+            targets = {**targets, "outputs": outputs}
+        return targets
 
     def _teacher_weight_list(self):
         return None if self.teacher_weights is None else list(self.teacher_weights)
@@ -488,6 +531,11 @@ class Distiller(keras.Model):
                 "Batches without labels leave nothing to train with "
                 "student_loss_weight=1.0. Received: a batch with x only"
             )
+        # Padding masks of the student's output (Embedding(mask_zero=True),
+        # Masking) reach the output terms as Keras's own losses see them.
+        keras_mask = (
+            None if isinstance(y_pred, (list, tuple, dict)) else keras_compat.keras_mask(y_pred)
+        )
         inputs = [
             self._term_inputs(j, term, targets, y_pred, s_features)
             for j, term in enumerate(self.distillation_losses)
@@ -516,6 +564,7 @@ class Distiller(keras.Model):
                 training=training,
                 options=self._term_options[j],
                 position=j,
+                keras_mask=keras_mask if self._is_output_term(j) else None,
             )
             terms.append(terms_lib.scale_for_replicas(value))
         student_loss_weight = ops.convert_to_tensor(self._student_loss_weight_variable)
@@ -534,19 +583,33 @@ class Distiller(keras.Model):
 
     def _agreement(self, targets, y_pred, sample_weight):
         outs = targets["outputs"]
-        if any(isinstance(o, (list, tuple, dict)) for o in outs) or isinstance(
-            y_pred, (list, tuple, dict)
-        ):
+        if isinstance(y_pred, (list, tuple, dict)):
             return None
         if len(y_pred.shape) < 2 or y_pred.shape[-1] in (None, 1):
             return None
-        teacher_out = (
-            outs[0] if len(outs) == 1 else ensemble_logits(outs, self._teacher_weight_list())
-        )
+        if len(outs) == 1 and is_top_k(outs[0]):
+            teacher_argmax = ops.take(outs[0][TOP_K_IDS], 0, axis=-1)
+        elif any(isinstance(o, (list, tuple, dict)) for o in outs):
+            return None
+        else:
+            teacher_out = (
+                outs[0] if len(outs) == 1 else ensemble_logits(outs, self._teacher_weight_list())
+            )
+            teacher_argmax = ops.argmax(teacher_out, axis=-1)
         equal = ops.cast(
-            ops.equal(ops.argmax(teacher_out, axis=-1), ops.argmax(y_pred, axis=-1)),
+            ops.equal(
+                ops.cast(teacher_argmax, "int32"), ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+            ),
             "float32",
         )
+        keras_mask = keras_compat.keras_mask(y_pred)
+        if keras_mask is not None and len(equal.shape) == len(keras_mask.shape):
+            sample_weight = sequences.with_mask(sample_weight, keras_mask)
+        if sample_weight is not None and len(equal.shape) > 1 and len(sample_weight.shape) > 1:
+            # A per-step mask: the share of real tokens that agree.
+            if sample_weight.shape[-1] not in (1, None):
+                count = sequences.token_count_per_replica(token_count(equal, sample_weight))
+                return reduce_per_token(equal, sample_weight, count)
         return reduce_per_sample(equal, sample_weight)
 
     def _update_trackers(self, x, total, ground_truth, distill, terms, agreement):
@@ -571,7 +634,15 @@ class Distiller(keras.Model):
     def _step(self, data, training):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, indices = indices_lib.unpack(x)
+        packed_weight = cache_lib.packed_sample_weight(x)
         x, cached = cache_lib.unpack(x)
+        if packed_weight is not None:
+            if sample_weight is not None:
+                raise ValueError(
+                    "Expected sample weights once: either packed with the inputs "
+                    "or given as sample_weight. Received both"
+                )
+            sample_weight = packed_weight
         mixing = None
         if training and self._views.active:
             if cached is not None:
@@ -629,7 +700,7 @@ class Distiller(keras.Model):
 
     # ------------------------------------------------------------- caching
 
-    def cache_teacher_outputs(self, x, batch_size=256):
+    def cache_teacher_outputs(self, x, batch_size=256, top_k=None):
         """Computes the teacher's targets once, to reuse every epoch.
 
         Online distillation runs the teacher on every batch of every epoch.
@@ -650,6 +721,13 @@ class Distiller(keras.Model):
             x: NumPy inputs or a batched, deterministic `tf.data.Dataset`.
             batch_size: batch size for running the teacher on arrays.
                 Defaults to 256.
+            top_k: for language models, keep only the teacher's `top_k`
+                most likely tokens per position, as int32 ids and float32
+                log-probabilities (`8 * top_k` bytes per position instead of
+                `4 * vocab`). Every output term must then be a token term
+                (`TokenDistillation`, `GeneralizedJSD`, `SkewKL`) at
+                temperature 1: the terms compare the top-k plus one bucket
+                for the remaining mass. Defaults to `None` (full outputs).
 
         Returns:
             The cached inputs or dataset, to pass to `fit` / `evaluate`.
@@ -657,7 +735,16 @@ class Distiller(keras.Model):
         if self._views.active:
             raise ValueError(views_lib.CACHE_MESSAGE + " Received: augment or mixup set")
         x, indices = indices_lib.unpack(x)
-        cached = cache_lib.cache_teacher_outputs(self, x, batch_size=batch_size)
+        vocab_size = (
+            None
+            if top_k is None
+            else sequences.check_top_k(
+                top_k, self._teachers, self.distillation_losses, self._teacher_taps
+            )
+        )
+        cached = cache_lib.cache_teacher_outputs(
+            self, x, batch_size=batch_size, top_k=top_k, vocab_size=vocab_size
+        )
         return cached if indices is None else {**cached, indices_lib.INDICES_KEY: indices}
 
     # ------------------------------------------------------- serialization

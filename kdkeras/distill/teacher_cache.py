@@ -1,8 +1,16 @@
 """Teacher-output cache: run the teacher once, reuse its targets every epoch.
 
-Cached inputs are a dict with two reserved keys: `INPUTS_KEY` holds the
-model inputs, `TARGETS_KEY` the teacher's targets for the same samples. The
-`Distiller` recognises the structure and skips the teacher.
+Cached inputs are a dict with reserved keys: `INPUTS_KEY` holds the model
+inputs, `TARGETS_KEY` the teacher's targets for the same samples. The
+`Distiller` recognises the structure and skips the teacher. The same
+packing carries the sample weights of unlabeled data (`SAMPLE_WEIGHT_KEY`):
+Keras drops `sample_weight` when `y` is `None`, so `Distiller.fit(x,
+sample_weight=w)` moves them into the inputs, where they travel with their
+samples through shuffling and splitting.
+
+With `top_k=k`, sequence targets are stored as the teacher's `k` most
+likely token ids and their log-probabilities per position
+(`kdkeras.losses.top_k_targets`) instead of the whole vocabulary.
 """
 
 import numpy as np
@@ -11,16 +19,22 @@ from kdkeras.utils import keras_compat
 
 __all__ = [
     "INPUTS_KEY",
+    "SAMPLE_WEIGHT_KEY",
     "TARGETS_KEY",
     "cache_teacher_outputs",
     "is_cached",
+    "is_packed",
     "nondeterministic_ops",
+    "pack_sample_weight",
+    "packed_sample_weight",
     "unpack",
     "unpack_inputs",
 ]
 
 INPUTS_KEY = "kdkeras_inputs"
 TARGETS_KEY = "kdkeras_teacher_outputs"
+SAMPLE_WEIGHT_KEY = "kdkeras_sample_weight"
+_KEYS = {INPUTS_KEY, TARGETS_KEY, SAMPLE_WEIGHT_KEY}
 
 # tf.data ops that make an epoch's batches differ from the previous epoch's.
 _NONDETERMINISTIC_DATASET_OPS = (
@@ -34,15 +48,46 @@ _NONDETERMINISTIC_DATASET_OPS = (
 )
 
 
+def is_packed(x):
+    """Whether `x` is inputs packed with cached targets and/or sample weights."""
+    return isinstance(x, dict) and INPUTS_KEY in x and set(x) <= _KEYS
+
+
 def is_cached(x):
-    return isinstance(x, dict) and TARGETS_KEY in x and INPUTS_KEY in x
+    return is_packed(x) and TARGETS_KEY in x
 
 
 def unpack(x):
-    """`(inputs, targets)` from cached inputs, `(x, None)` otherwise."""
-    if is_cached(x):
-        return x[INPUTS_KEY], x[TARGETS_KEY]
+    """`(inputs, targets)` from packed inputs (targets `None` if not cached), `(x, None)` otherwise."""
+    if is_packed(x):
+        return x[INPUTS_KEY], x.get(TARGETS_KEY)
     return x, None
+
+
+def packed_sample_weight(x):
+    """The sample weights packed with the inputs (`pack_sample_weight`), or `None`."""
+    return x.get(SAMPLE_WEIGHT_KEY) if is_packed(x) else None
+
+
+def pack_sample_weight(x, sample_weight):
+    """Inputs that carry `sample_weight` with them, for data without labels.
+
+    Args:
+        x: inputs (arrays or a structure of them), possibly already cached.
+        sample_weight: per-sample `(n,)` or per-token `(n, steps)` weights.
+
+    Returns:
+        A dict the `Distiller` unpacks in its step into inputs, cached
+        targets and sample weights.
+    """
+    packed = dict(x) if is_packed(x) else {INPUTS_KEY: x}
+    if SAMPLE_WEIGHT_KEY in packed:
+        raise ValueError(
+            "Expected inputs without packed sample weights. Received: inputs "
+            "that already carry them, and sample_weight"
+        )
+    packed[SAMPLE_WEIGHT_KEY] = sample_weight
+    return packed
 
 
 def unpack_inputs(x):
@@ -92,14 +137,20 @@ def _concat_batches(batches):
     )
 
 
-def _teacher_fn(distiller):
+def _teacher_fn(distiller, top_k=None, vocab_size=None):
     import tensorflow as tf
 
-    return tf.function(distiller.compute_teacher_outputs, reduce_retracing=True)
+    def compute(x):
+        return distiller.compute_teacher_outputs(x, top_k=top_k, vocab_size=vocab_size)
+
+    return tf.function(compute, reduce_retracing=True)
 
 
-def cache_teacher_outputs(distiller, x, batch_size=256):
-    """See `Distiller.cache_teacher_outputs`."""
+def cache_teacher_outputs(distiller, x, batch_size=256, top_k=None, vocab_size=None):
+    """See `Distiller.cache_teacher_outputs`.
+
+    `top_k` and `vocab_size` are passed to `distiller.compute_teacher_outputs`.
+    """
     import keras
     import tensorflow as tf
 
@@ -108,11 +159,16 @@ def cache_teacher_outputs(distiller, x, batch_size=256):
             "Expected inputs without cached teacher outputs. Received inputs "
             "that already carry them."
         )
+    if is_packed(x):
+        raise ValueError(
+            "Expected plain inputs to cache: cache first, then pass the sample "
+            "weights to fit(). Received inputs packed with sample weights."
+        )
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(
             f"Expected `batch_size` to be an integer >= 1. Received: batch_size={batch_size!r}"
         )
-    compute = _teacher_fn(distiller)
+    compute = _teacher_fn(distiller, top_k, vocab_size)
     if isinstance(x, tf.data.Dataset):
         return _cache_dataset(x, compute)
 

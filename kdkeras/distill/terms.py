@@ -21,8 +21,11 @@ from keras import ops
 
 from kdkeras.distill import adapters as adapters_lib
 from kdkeras.distill import indices as indices_lib
+from kdkeras.distill import sequences
 from kdkeras.losses import DistillationLoss
 from kdkeras.losses import reduce_per_sample
+from kdkeras.losses import reduce_per_token
+from kdkeras.losses import token_count
 
 __all__ = [
     "build_terms",
@@ -188,6 +191,7 @@ def term_value(
     training=False,
     options=frozenset(),
     position=None,
+    keras_mask=None,
 ):
     """One term's value for one step: a float32 scalar.
 
@@ -214,14 +218,27 @@ def term_value(
         if indices is None and training:
             raise _missing_indices(term, position)
         kwargs["indices"] = indices
+    # Token terms (language models) take the mask and divide by real tokens;
+    # `keras_mask` is the Keras mask of the student's output, for output terms.
+    tokens = term.reduction == "sum_over_tokens"
+    if tokens and keras_mask is not None:
+        sample_weight = sequences.with_mask(sample_weight, keras_mask)
+    if tokens:
+        kwargs["mask"] = sample_weight
     if temperature is None:
-        return reduce_per_sample(term.call(t_value, s_value, y=y, **kwargs), sample_weight)
-    # The term reads `self.temperature` in `call`: for the trace, it is the
-    # variable, so every step sees the scheduled value.
-    constant = term.temperature
-    term.temperature = ops.convert_to_tensor(temperature)
-    try:
         values = term.call(t_value, s_value, y=y, **kwargs)
-    finally:
-        term.temperature = constant
+    else:
+        # The term reads `self.temperature` in `call`: for the trace, it is
+        # the variable, so every step sees the scheduled value.
+        constant = term.temperature
+        term.temperature = ops.convert_to_tensor(temperature)
+        try:
+            values = term.call(t_value, s_value, y=y, **kwargs)
+        finally:
+            term.temperature = constant
+    if tokens:
+        count = sequences.token_count_per_replica(token_count(values, sample_weight))
+        return reduce_per_token(values, sample_weight, count)
+    if keras_mask is not None and len(values.shape) == len(keras_mask.shape):
+        sample_weight = sequences.with_mask(sample_weight, keras_mask)
     return reduce_per_sample(values, sample_weight)

@@ -5,7 +5,14 @@ import math
 import keras
 from keras import ops
 
-__all__ = ["DistillationLoss", "WrongTypeError", "is_finite_number", "reduce_per_sample"]
+__all__ = [
+    "DistillationLoss",
+    "WrongTypeError",
+    "is_finite_number",
+    "reduce_per_sample",
+    "reduce_per_token",
+    "token_count",
+]
 
 try:  # keras >= 3.12
     from keras.distillation import DistillationLoss as _KerasDistillationLoss
@@ -27,6 +34,24 @@ def is_finite_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _broadcast_weight(values, sample_weight):
+    """`sample_weight` as float32 with the rank of `values` (trailing axes added or dropped)."""
+    sample_weight = ops.cast(sample_weight, "float32")
+    while len(sample_weight.shape) > len(values.shape):
+        if sample_weight.shape[-1] not in (1, None):
+            raise ValueError(
+                "Expected `sample_weight` broadcastable to this term's "
+                f"per-sample values of shape {tuple(values.shape)} (a term "
+                "that reduces features to one value per sample takes "
+                "(batch,) weights, not a per-step mask). Received: "
+                f"sample_weight.shape={tuple(sample_weight.shape)}"
+            )
+        sample_weight = ops.squeeze(sample_weight, axis=-1)
+    while len(sample_weight.shape) < len(values.shape):
+        sample_weight = ops.expand_dims(sample_weight, axis=-1)
+    return sample_weight
+
+
 def reduce_per_sample(values, sample_weight=None):
     """Weighted mean of per-sample loss values, as Keras's losses reduce them.
 
@@ -46,22 +71,61 @@ def reduce_per_sample(values, sample_weight=None):
     """
     values = ops.cast(values, "float32")
     if sample_weight is not None:
-        sample_weight = ops.cast(sample_weight, "float32")
-        while len(sample_weight.shape) > len(values.shape):
-            if sample_weight.shape[-1] not in (1, None):
-                raise ValueError(
-                    "Expected `sample_weight` broadcastable to this term's "
-                    f"per-sample values of shape {tuple(values.shape)} (a term "
-                    "that reduces features to one value per sample takes "
-                    "(batch,) weights, not a per-step mask). Received: "
-                    f"sample_weight.shape={tuple(sample_weight.shape)}"
-                )
-            sample_weight = ops.squeeze(sample_weight, axis=-1)
-        while len(sample_weight.shape) < len(values.shape):
-            sample_weight = ops.expand_dims(sample_weight, axis=-1)
-        values = values * sample_weight
+        values = values * _broadcast_weight(values, sample_weight)
     count = ops.cast(ops.size(values), "float32")
     return ops.divide_no_nan(ops.sum(values), count)
+
+
+def token_count(values, sample_weight=None):
+    """The number of real tokens among per-token `values`: those of non-zero weight.
+
+    Args:
+        values: per-token loss values, shape `(batch, time)`.
+        sample_weight: `None` (every token is real), or weights of shape
+            `(batch,)`, `(batch, 1)` or `(batch, time)`; zero marks padding.
+
+    Returns:
+        A float32 scalar.
+    """
+    values = ops.convert_to_tensor(values)
+    if sample_weight is None:
+        return ops.cast(ops.size(values), "float32")
+    weight = _broadcast_weight(values, sample_weight)
+    real = ops.cast(ops.not_equal(weight, 0.0), "float32")
+    return ops.sum(real * ops.ones_like(ops.cast(values, "float32")))
+
+
+def reduce_per_token(values, sample_weight=None, count=None):
+    """Mean of per-token loss values over the real tokens of the whole batch.
+
+    `sum(values * sample_weight) / count`, where `count` is the number of
+    tokens of non-zero weight in the batch (`token_count`). With a 0/1
+    padding mask that is the mean over real tokens, each token counting
+    once: not a mean of per-sequence means, which would overweight the
+    tokens of short sequences. Padded positions are left out with `where`,
+    so whatever they hold (even NaN) reaches neither the value nor the
+    gradient.
+
+    Args:
+        values: per-token loss values, shape `(batch, time)`.
+        sample_weight: `None`, or weights of shape `(batch,)`, `(batch, 1)`
+            or `(batch, time)`; zero marks padding.
+        count: the token count to divide by. Defaults to `token_count(values,
+            sample_weight)`. The `Distiller` passes the count of the global
+            batch divided by the number of replicas of a `tf.distribute`
+            strategy, so that replicas holding different numbers of real
+            tokens add up to the single-device value.
+
+    Returns:
+        A float32 scalar (0 for a batch without real tokens).
+    """
+    values = ops.cast(values, "float32")
+    if count is None:
+        count = token_count(values, sample_weight)
+    if sample_weight is not None:
+        weight = _broadcast_weight(values, sample_weight) * ops.ones_like(values)
+        values = ops.where(ops.not_equal(weight, 0.0), values * weight, 0.0)
+    return ops.divide_no_nan(ops.sum(values), ops.cast(count, "float32"))
 
 
 class DistillationLoss(_KerasDistillationLoss):
@@ -106,6 +170,11 @@ class DistillationLoss(_KerasDistillationLoss):
       replica computes the term on the global batch: the value, its
       gradients and every state update equal those of one device.
 
+    `reduction` says how the `Distiller` reduces the values:
+    `"sum_over_batch_size"` (`reduce_per_sample`, Keras's default) or
+    `"sum_over_tokens"` (`reduce_per_token`, the language-model terms of
+    `kdkeras.losses.tokens`, whose `call` also takes `mask=`).
+
     Args:
         name: the name under which the term is logged during `fit`.
             Defaults to the snake-case class name plus `"_loss"`.
@@ -117,6 +186,7 @@ class DistillationLoss(_KerasDistillationLoss):
     needs_indices = False
     needs_global_batch = False
     built = False
+    reduction = "sum_over_batch_size"
 
     def __init__(self, name=None):
         if name is not None and not isinstance(name, str):

@@ -18,6 +18,7 @@ __all__ = [
     "inbound_node_count",
     "inputs_struct",
     "keras_history",
+    "keras_mask",
     "keras_version",
     "loss_tracker",
     "nodes_by_depth",
@@ -142,6 +143,22 @@ def nodes_by_depth(model):
 def keras_history(tensor):
     """The `(operation, node_index, tensor_index)` that produced a symbolic tensor."""
     return tensor._keras_history
+
+
+def keras_mask(tensor):
+    """The Keras mask attached to a layer's output (`mask_zero=True`, `Masking`), or None.
+
+    Keras propagates padding masks by setting `_keras_mask` on the tensors
+    layers return (`keras.src.backend.get_keras_mask` reads it); no public
+    API exposes it. Keras's own losses read it from `y_pred`; the Distiller
+    reads it from the student's output, to leave padded tokens out of the
+    distillation terms too.
+    """
+    try:
+        from keras.src.backend import get_keras_mask
+    except ImportError:  # Keras < 3.6 kept it as a plain attribute
+        return getattr(tensor, "_keras_mask", None)
+    return get_keras_mask(tensor)
 
 
 def outputs_struct(model):
