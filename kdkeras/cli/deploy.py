@@ -8,11 +8,12 @@ missing file, a file that is no model, data that does not fit the model)
 raises `ValueError`, which `kdkeras.cli` prints as one line.
 """
 
-import argparse
 import json
 import os
 import sys
 import warnings
+
+from kdkeras.cli.arguments import positive_int
 
 __all__ = ["add_parsers", "run_bench", "run_export"]
 
@@ -62,9 +63,9 @@ def add_parsers(subparsers):
         default=0.99,
         help="smallest argmax agreement (float and int8 gates)",
     )
-    p.add_argument("--batch-sizes", type=_positive_int, nargs=2, default=[1, 16])
+    p.add_argument("--batch-sizes", type=positive_int, nargs=2, default=[1, 16])
     p.add_argument(
-        "--num-samples", type=_positive_int, default=32, help="samples for the float parity check"
+        "--num-samples", type=positive_int, default=32, help="samples for the float parity check"
     )
     p.set_defaults(func=run_export)
 
@@ -78,28 +79,17 @@ def add_parsers(subparsers):
     b.add_argument("--json", default=None, help="write results to this file")
     b.add_argument("--report", default=None, help="write report.md and a plot here")
     b.add_argument("--reference", default=None, help="agreement reference (a file name)")
-    b.add_argument("--batch-size", type=_positive_int, default=64)
-    b.add_argument("--calls", type=_positive_int, default=20)
-    b.add_argument("--repeats", type=_positive_int, default=5)
-    b.add_argument("--threads", type=_positive_int, default=None)
-    b.add_argument("--max-samples", type=_positive_int, default=None)
+    b.add_argument("--batch-size", type=positive_int, default=64)
+    b.add_argument("--calls", type=positive_int, default=20)
+    b.add_argument("--repeats", type=positive_int, default=5)
+    b.add_argument("--threads", type=positive_int, default=None)
+    b.add_argument("--max-samples", type=positive_int, default=None)
     b.add_argument(
         "--unsafe-deserialization",
         action="store_true",
         help="load trusted .keras files that hold code (Lambda layers)",
     )
     b.set_defaults(func=run_bench)
-
-
-def _positive_int(text):
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1. Received: {text!r}")
-    return value
 
 
 def _existing(path, what="model"):

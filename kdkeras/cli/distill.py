@@ -7,6 +7,8 @@ the last finished epoch and finished stages are skipped.
 
 import shlex
 
+from kdkeras.cli.arguments import positive_int
+
 __all__ = ["add_parser", "run"]
 
 _SMOKE_EPOCHS = 2
@@ -43,9 +45,9 @@ def add_parser(subparsers):
         "--recipe", default="recommended", help="kd, dkd, dist, feature or recommended (default)"
     )
     parser.add_argument(
-        "--epochs", type=_positive_int, default=None, help="epochs (default: 20; 2 with --smoke)"
+        "--epochs", type=positive_int, default=None, help="epochs (default: 20; 2 with --smoke)"
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=64, help="default: 64")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="default: 64")
     parser.add_argument(
         "--quantize",
         choices=["static", "dynamic", "none"],
@@ -66,18 +68,6 @@ def add_parser(subparsers):
     )
     parser.set_defaults(func=run)
     return parser
-
-
-def _positive_int(text):
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1. Received: {text!r}")
-    return value
 
 
 def run(args):
