@@ -182,7 +182,7 @@ def export(
     Example:
 
     ```python
-    manifest = kdkeras.export.export(student, "out/student.onnx",
+    manifest = kdkeras.deploy.export(student, "out/student.onnx",
                                      sample_inputs=x_test)
     print(manifest["parity"]["max_abs_diff"])
     ```

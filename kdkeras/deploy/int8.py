@@ -1,7 +1,7 @@
 """Post-training int8 quantization of an exported model, with a parity gate.
 
 `quantize(model, onnx_path, path, ...)` runs onnxruntime's post-training
-quantization on a float32 ONNX file exported by `kdkeras.export.export`:
+quantization on a float32 ONNX file exported by `kdkeras.deploy.export`:
 
 - `"static"`: QDQ, per-channel int8 weights, uint8 activations calibrated
   (MinMax) on samples from the user's data. The default for CNNs.
@@ -346,7 +346,7 @@ def quantize(
     Args:
         model: the float32 Keras model the ONNX file was exported from (the
             reference of the gate).
-        onnx_path: the float32 ONNX file (from `kdkeras.export.export`).
+        onnx_path: the float32 ONNX file (from `kdkeras.deploy.export`).
         path: where to write the int8 ONNX file.
         mode: `"static"` or `"dynamic"`. Defaults to `"static"` for CNNs
             and `"dynamic"` (MatMul/Gemm only) for Transformers and MLPs.
@@ -384,7 +384,7 @@ def quantize(
     Example:
 
     ```python
-    manifest = kdkeras.quantize.quantize(
+    manifest = kdkeras.deploy.quantize(
         student, "out/student.onnx", "out/student.int8.onnx",
         calibration_data=x_train[:256], eval_data=(x_test, y_test))
     print(manifest["quantization"]["size_ratio"])

@@ -128,7 +128,7 @@ def check_parity(
     Args:
         model: the Keras model (the reference).
         runner: an object with `run(list_of_arrays) -> list_of_arrays`, e.g.
-            `kdkeras.bench.load_runner(path)`.
+            `kdkeras.deploy.load_runner(path)`.
         inputs: list of arrays (the samples).
         batch_sizes: the artifact is run in chunks of each of these sizes.
             Defaults to `(1, 16)`.

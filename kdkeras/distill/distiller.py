@@ -348,7 +348,7 @@ class Distiller(keras.Model):
                 )
 
     def fit(self, *args, **kwargs):
-        """`keras.Model.fit`, after checking array data (`kdkeras.checks`).
+        """`keras.Model.fit`, after checking array data (`kdkeras.distill.data_checks`).
 
         Empty data, NaN/Inf in inputs or cached teacher outputs and labels
         outside the student's classes raise a `ValueError` before training;
