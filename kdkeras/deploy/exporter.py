@@ -262,7 +262,7 @@ def gate(
 ):
     """Loads an artifact, checks parity, writes its manifest; raises on failure.
 
-    Used by `export` and by `kdkeras.quantize` (with `parity_gate=
+    Used by `export` and by `kdkeras.deploy.quantize` (with `parity_gate=
     "agreement"`). Returns the manifest.
 
     With `publish_as`, `path` is a staging name: an artifact that passes is
