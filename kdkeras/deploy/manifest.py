@@ -1,11 +1,11 @@
 """The manifest JSON written beside every artifact."""
 
-import hashlib
 import json
 import os
 import platform
 
 from kdkeras.utils.atomic import atomic_write_text
+from kdkeras.utils.stages import file_sha256
 
 __all__ = [
     "MANIFEST_SUFFIX",
@@ -26,20 +26,16 @@ def failed_path(path):
 
 
 def file_digest(path):
-    """`(size in bytes, sha256)` of a file, or of a folder's files."""
-    digest, size = hashlib.sha256(), 0
+    """`(size in bytes, sha256)` of a file, or of a folder's files (`stages.file_sha256`)."""
     if os.path.isdir(path):
-        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+        size = sum(
+            os.path.getsize(os.path.join(root, f))
+            for root, _, names in os.walk(path)
+            for f in names
+        )
     else:
-        files = [path]
-    for f in files:
-        if os.path.isdir(path):
-            digest.update(os.path.relpath(f, path).encode())
-        with open(f, "rb") as fh:
-            data = fh.read()
-        size += len(data)
-        digest.update(data)
-    return size, digest.hexdigest()
+        size = os.path.getsize(path)
+    return size, file_sha256(path)
 
 
 def library_versions():
