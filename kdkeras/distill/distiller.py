@@ -12,6 +12,7 @@ from kdkeras.distill import sequences
 from kdkeras.distill import taps
 from kdkeras.distill import teacher_cache as cache_lib
 from kdkeras.distill import terms as terms_lib
+from kdkeras.distill import trackers
 from kdkeras.distill import views as views_lib
 from kdkeras.losses import TOP_K_IDS
 from kdkeras.losses import DistillationLoss
@@ -218,13 +219,11 @@ class Distiller(keras.Model):
             seen[base] = count + 1
             names.append(base if count == 0 else f"{base}_{count}")
         self.term_names = names
-        self._student_loss_tracker = keras.metrics.Mean(name="student_loss")
         # keras.distillation's names: total_loss (= loss) and
-        # distillation_loss (sum_i weight_i * term_i).
-        self._total_loss_tracker = keras.metrics.Mean(name="total_loss")
-        self._distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
-        self._term_trackers = [keras.metrics.Mean(name=n) for n in names]
-        self._agreement_tracker = keras.metrics.Mean(name="teacher_agreement")
+        # distillation_loss (sum_i weight_i * term_i); one metric for all.
+        self._logs = trackers.LogMeans(
+            ["total_loss", "student_loss", "distillation_loss", *names, "teacher_agreement"]
+        )
         self._build_schedule_variables()
         if student.built and all(t.built for t in teachers):
             self.built = True
@@ -618,18 +617,14 @@ class Distiller(keras.Model):
         batch = tf.shape(keras.tree.flatten(x)[0])[0]
         total = terms_lib.unscale_for_replicas(total)
         keras_compat.loss_tracker(self).update_state(total, sample_weight=batch)
-        self._total_loss_tracker.update_state(total, sample_weight=batch)
-        self._distillation_loss_tracker.update_state(
-            terms_lib.unscale_for_replicas(distill), sample_weight=batch
-        )
+        unscale = terms_lib.unscale_for_replicas
+        values = {"total_loss": total, "distillation_loss": unscale(distill)}
         if ground_truth is not None:
-            self._student_loss_tracker.update_state(
-                terms_lib.unscale_for_replicas(ground_truth), sample_weight=batch
-            )
-        for tracker, value in zip(self._term_trackers, terms):
-            tracker.update_state(terms_lib.unscale_for_replicas(value), sample_weight=batch)
+            values["student_loss"] = unscale(ground_truth)
+        values.update({n: unscale(v) for n, v in zip(self.term_names, terms)})
         if agreement is not None:
-            self._agreement_tracker.update_state(agreement, sample_weight=batch)
+            values["teacher_agreement"] = agreement
+        self._logs.update_state(values, batch)
 
     def _step(self, data, training):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -672,14 +667,9 @@ class Distiller(keras.Model):
         if y is not None:
             return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         # Unlabeled batches: leave out the metrics that need labels.
-        trackers = [
-            keras_compat.loss_tracker(self),
-            self._total_loss_tracker,
-            self._distillation_loss_tracker,
-            self._agreement_tracker,
-            *self._term_trackers,
-        ]
-        return {tracker.name: tracker.result() for tracker in trackers}
+        logs = {"loss": keras_compat.loss_tracker(self).result(), **self._logs.result()}
+        del logs["student_loss"]
+        return logs
 
     def train_step(self, data):
         return self._step(data, training=True)
