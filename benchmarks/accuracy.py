@@ -21,7 +21,14 @@ Rows, per student:
 `--hungry`: the data-hungry case: 400 labels (10%), the other 3,600 images
 unlabeled. Labels-only on the 400 (with augmentation, as many steps as the
 distilled run) against the student distilled on all 4,000 images without
-their labels; the teacher is trained on the full labeled set.
+their labels; the teacher is trained on the full labeled set. With
+`--patience P` the baseline and the `--patient-methods` rows also run P
+times longer.
+
+`--teachers N`: the teacher is an ensemble of N teachers trained from other
+seeds (`Distiller([t1, ..., tN], ...)` averages their soft targets); its
+accuracy is that of the averaged probabilities, and the gap closed is
+measured against it.
 
 Commands (2 CPU cores):
 
@@ -103,24 +110,33 @@ def optimizer(steps):
 
 
 def accuracy(model, x, y):
-    logits = np.concatenate(
-        [np.asarray(model(x[i : i + 512], training=False)) for i in range(0, len(x), 512)]
-    )
-    return float((logits.argmax(-1) == y).mean())
+    """Test accuracy of a model, or of an ensemble (a list: its averaged probabilities)."""
+    models = model if isinstance(model, list) else [model]
+    probs = 0.0
+    for m in models:
+        logits = np.concatenate(
+            [np.asarray(m(x[i : i + 512], training=False)) for i in range(0, len(x), 512)]
+        )
+        probs = probs + np.asarray(keras.ops.softmax(logits))
+    return float((probs.argmax(-1) == y).mean())
 
 
 def _steps(n, epochs):
     return -(-n // BATCH) * epochs
 
 
-def train_teacher(data, seed, epochs):
+def train_teacher(data, seed, epochs, count=1):
+    """One teacher, or with `count > 1` a list of teachers (an ensemble) from other seeds."""
     (x, y), _ = data
-    keras.utils.set_random_seed(seed)
-    teacher = teacher_model(x.shape[1:], 10)
-    model = keras.Sequential([augmentation(seed), teacher])
-    model.compile(optimizer(_steps(len(x), epochs)), _ce())
-    model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
-    return teacher
+    teachers = []
+    for i in range(count):
+        keras.utils.set_random_seed(seed + 1000 * i)
+        teacher = teacher_model(x.shape[1:], 10)
+        model = keras.Sequential([augmentation(seed + 1000 * i), teacher])
+        model.compile(optimizer(_steps(len(x), epochs)), _ce())
+        model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
+        teachers.append(teacher)
+    return teachers[0] if count == 1 else teachers
 
 
 class Curve(keras.callbacks.Callback):
@@ -226,6 +242,41 @@ def rows_for(student, settings, patience, patient_methods=("kd",)):
     return rows
 
 
+def hungry_rows(student, data, seed, args):
+    """The data-hungry rows of one student: (row, data, epochs, unlabeled images) each.
+
+    Labels-only sees 10% of the training images with their labels, for ten
+    times the epochs (at least as many steps as the distilled run); the
+    distilled students see all the images without labels. With `--patience
+    P`, the baseline and the `--patient-methods` rows are also run P times
+    longer.
+    """
+    (x, y), test = data
+    labeled = np.random.default_rng(seed).permutation(len(x))[: len(x) // 10]
+    few = ((x[labeled], y[labeled]), test)
+    kd = {"student": student, "T": args.temperature, "slw": 0.0}
+    rows = []
+    for p in sorted({1, args.patience}):
+        tag = "" if p == 1 else f" (x{p} epochs)"
+        base = {"student": student, "method": "labels+aug", "patience": p}
+        rows.append(
+            ({"name": "labels + aug, 10% labels" + tag, **base}, few, args.epochs * 10, None)
+        )
+        kd_rows = [
+            {"name": "KD + views, no labels (all images)" + tag, **kd, "method": "kd+views"},
+            {
+                "name": "KD + views + mixup, no labels (all images)" + tag,
+                **kd,
+                "method": "kd+views+mixup",
+                "alpha": args.mixup,
+            },
+        ]
+        for row in kd_rows:
+            if p == 1 or row["method"] in args.patient_methods.split(","):
+                rows.append(({**row, "patience": p}, data, args.epochs, x))
+    return rows
+
+
 def load(name, validate):
     data = kdkeras.datasets.load(name)
     if validate:  # a fixed 80/20 split of the training set; the test set is never read
@@ -282,7 +333,7 @@ def time_to_accuracy(args):
     data = load(args.data, False)
     results = []
     for seed in range(args.seeds):
-        teacher = train_teacher(data, seed, args.teacher_epochs)
+        teacher = train_teacher(data, seed, args.teacher_epochs, args.teachers)
         for student in args.students.split(","):
             base = {"student": student, "method": "labels+aug", "patience": args.patience}
             kd = {
@@ -369,7 +420,7 @@ def sweep(args):
     grid = _grid(args.sweep)
     results = []
     for seed in range(args.seeds):
-        teacher = train_teacher(data, seed, args.teacher_epochs)
+        teacher = train_teacher(data, seed, args.teacher_epochs, args.teachers)
         print(f"seed {seed}: teacher {accuracy(teacher, *data[1]):.4f}", flush=True)
         for student in args.students.split(","):
             for patience in grid["patience"]:
@@ -435,6 +486,9 @@ def main(argv=None):
     parser.add_argument(
         "--rows", default=None, help="KD methods to keep besides the baselines (all if absent)"
     )
+    parser.add_argument(
+        "--teachers", type=int, default=1, help="an ensemble of this many teachers (other seeds)"
+    )
     parser.add_argument("--peer", action="store_true", help="add keras.distillation's defaults")
     parser.add_argument("--hungry", action="store_true", help="the 10%%-labels case")
     parser.add_argument("--validate", action="store_true", help="score on a validation split")
@@ -444,6 +498,11 @@ def main(argv=None):
     )
     parser.add_argument("--smoke", action="store_true", help="tiny run for the tests")
     args = parser.parse_args(argv)
+    if args.teachers < 1 or (args.peer and args.teachers > 1):
+        parser.error(
+            f"--teachers: expected 1 or more (1 with --peer: keras.distillation takes one "
+            f"teacher); received {args.teachers}"
+        )
     if args.sweep is not None:
         return sweep(args)
     if args.time_to_accuracy:
@@ -457,53 +516,12 @@ def main(argv=None):
     settings = {"T": args.temperature, "slw": args.student_loss_weight, "alpha": args.mixup}
     results, started = [], time.perf_counter()
     for seed in range(args.seeds):
-        teacher = train_teacher(data, seed, args.teacher_epochs)
+        teacher = train_teacher(data, seed, args.teacher_epochs, args.teachers)
         t_acc = accuracy(teacher, *data[1])
         print(f"seed {seed}: teacher {t_acc:.4f}", flush=True)
         for student in students:
             if args.hungry:
-                (x, y), test = data
-                order = np.random.default_rng(seed).permutation(len(x))
-                labeled = order[: len(x) // 10]
-                kd_epochs = args.epochs
-                label_epochs = kd_epochs * 10  # as many steps as the distilled run
-                rows = [
-                    (
-                        {
-                            "name": "labels + aug, 10% labels",
-                            "student": student,
-                            "method": "labels+aug",
-                        },
-                        ((x[labeled], y[labeled]), test),
-                        label_epochs,
-                        None,
-                    ),
-                    (
-                        {
-                            "name": "KD + views, no labels (all images)",
-                            "student": student,
-                            "method": "kd+views",
-                            "T": args.temperature,
-                            "slw": 0.0,
-                        },
-                        data,
-                        kd_epochs,
-                        x,
-                    ),
-                    (
-                        {
-                            "name": "KD + views + mixup, no labels (all images)",
-                            "student": student,
-                            "method": "kd+views+mixup",
-                            "T": args.temperature,
-                            "slw": 0.0,
-                            "alpha": args.mixup,
-                        },
-                        data,
-                        kd_epochs,
-                        x,
-                    ),
-                ]
+                rows = hungry_rows(student, data, seed, args)
             else:
                 rows = [
                     (r, data, args.epochs, None)
@@ -553,7 +571,9 @@ def main(argv=None):
     )
     title = (
         f"{args.data}{' (validation split)' if args.validate else ''}, {args.seeds} seed(s), "
-        f"students {args.epochs} epochs, teacher {args.teacher_epochs} epochs ({teacher_row}), "
+        f"students {args.epochs} epochs, "
+        f"{'teacher' if args.teachers == 1 else f'ensemble of {args.teachers} teachers'} "
+        f"{args.teacher_epochs} epochs ({teacher_row}), "
         f"T={args.temperature}, student_loss_weight={args.student_loss_weight}, mixup={args.mixup}"
         f"{', 10% labels' if args.hungry else ''}; {time.perf_counter() - started:.0f} s in all"
     )

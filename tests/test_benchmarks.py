@@ -46,3 +46,25 @@ def test_accuracy_sweep_refuses_the_test_set(run_python):
     result = run_python(["benchmarks/accuracy.py", "--sweep", "T=2", "--smoke"])
     assert result.returncode != 0
     assert "--validate" in result.stderr
+
+
+def test_accuracy_hungry_smoke_runs_patient_rows_with_an_ensemble_teacher(tmp_path, run_python):
+    args = ["benchmarks/accuracy.py", "--smoke", "--hungry", "--patience", "2", "--teachers", "2"]
+    args += ["--rows", "kd+views", "--patient-methods", "kd+views", "--out", str(tmp_path)]
+    result = run_python(args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((tmp_path / "hungry.json").read_text())
+    assert [r["row"] for r in saved["results"]] == [
+        "labels + aug, 10% labels",
+        "KD + views, no labels (all images)",
+        "labels + aug, 10% labels (x2 epochs)",
+        "KD + views, no labels (all images) (x2 epochs)",
+    ]
+    assert "ensemble of 2 teachers" in saved["title"]
+
+
+def test_accuracy_refuses_an_empty_ensemble(run_python):
+    result = run_python(["benchmarks/accuracy.py", "--smoke", "--teachers", "0"])
+    assert result.returncode == 2
+    assert "--teachers: expected 1 or more" in result.stderr
+    assert "received 0" in result.stderr
