@@ -18,6 +18,9 @@ Rows, per student:
   ... (patient)           the best KD row, `--patience` times longer
   keras.distillation      its defaults (LogitsDistillation(), student_loss_weight=0.5), no aug
 
+`--sweep "method=kd+ta"` (validation only) adds a teacher assistant: an
+MLP-256 distilled from the teacher, then the student distilled from it.
+
 `--hungry`: the data-hungry case: 400 labels (10%), the other 3,600 images
 unlabeled. Labels-only on the 400 (with augmentation, as many steps as the
 distilled run) against the student distilled on all 4,000 images without
@@ -51,6 +54,7 @@ from kdkeras.utils import tables
 from kdkeras.utils.atomic import atomic_write_text
 
 BATCH = 128
+ASSISTANT = "mlp256"  # the teacher assistant of the `kd+ta` rows
 
 
 def _ce():
@@ -157,6 +161,28 @@ class Curve(keras.callbacks.Callback):
         )
 
 
+def _distil(teacher, student, row, x, y, epochs, seed, unlabeled=None, callbacks=()):
+    """Distils `student` from `teacher` as a KD row says (cached, views, or views + mixup)."""
+    method = row["method"]
+    views = method.startswith("kd+views")
+    distiller = kdkeras.Distiller(
+        teacher,
+        student,
+        kdkeras.LogitsDistillation(temperature=row["T"]),
+        student_loss_weight=row["slw"] if unlabeled is None else 0.0,
+        augment=augmentation(seed) if views else None,
+        mixup=row.get("alpha") if method == "kd+views+mixup" else None,
+    )
+    x_fit, y_fit = (x, y) if unlabeled is None else (unlabeled, None)
+    distiller.compile(optimizer(_steps(len(x_fit), epochs)), None if y_fit is None else _ce())
+    keras.utils.set_random_seed(seed)
+    if not views:
+        x_fit = distiller.cache_teacher_outputs(x_fit)
+    distiller.fit(
+        x_fit, y_fit, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=list(callbacks)
+    )
+
+
 def run_row(row, data, teacher, seed, epochs, unlabeled=None, curve=False):
     """Trains one student as `row` says; returns (last-epoch test accuracy, seconds[, curve])."""
     (x, y), (x_test, y_test) = data
@@ -178,22 +204,18 @@ def run_row(row, data, teacher, seed, epochs, unlabeled=None, curve=False):
         distiller.compile(optimizer(_steps(len(x), epochs)), _ce())
         keras.utils.set_random_seed(seed)
         distiller.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
-    else:
-        views = method.startswith("kd+views")
-        distiller = kdkeras.Distiller(
-            teacher,
-            student,
-            kdkeras.LogitsDistillation(temperature=row["T"]),
-            student_loss_weight=row["slw"] if unlabeled is None else 0.0,
-            augment=augmentation(seed) if views else None,
-            mixup=row.get("alpha") if method == "kd+views+mixup" else None,
-        )
-        x_fit, y_fit = (x, y) if unlabeled is None else (unlabeled, None)
-        distiller.compile(optimizer(_steps(len(x_fit), epochs)), None if y_fit is None else _ce())
+    elif method == "kd+ta":
+        # A teacher assistant (Mirzadeh et al. 2020): a mid-sized model
+        # distilled from the teacher, then the student distilled from it.
+        keras.utils.set_random_seed(seed + 2)
+        assistant = student_model(row.get("assistant", ASSISTANT), x.shape[1:], 10)
+        _distil(teacher, assistant, {**row, "method": "kd"}, x, y, epochs, seed, unlabeled)
         keras.utils.set_random_seed(seed)
-        if not views:
-            x_fit = distiller.cache_teacher_outputs(x_fit)
-        distiller.fit(x_fit, y_fit, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=callbacks)
+        _distil(
+            assistant, student, {**row, "method": "kd"}, x, y, epochs, seed, unlabeled, callbacks
+        )
+    else:
+        _distil(teacher, student, row, x, y, epochs, seed, unlabeled, callbacks)
     seconds = time.perf_counter() - start
     if curve:
         return accuracy(student, x_test, y_test), callbacks[0].seconds, callbacks[0].points
@@ -256,7 +278,8 @@ def hungry_rows(student, data, seed, args):
     few = ((x[labeled], y[labeled]), test)
     kd = {"student": student, "T": args.temperature, "slw": 0.0}
     rows = []
-    for p in sorted({1, args.patience}):
+    lengths = [args.patience] if args.patient_only else sorted({1, args.patience})
+    for p in lengths:
         tag = "" if p == 1 else f" (x{p} epochs)"
         base = {"student": student, "method": "labels+aug", "patience": p}
         rows.append(
@@ -483,6 +506,11 @@ def main(argv=None):
         help="epochs and seconds for KD to reach the fair baseline",
     )
     parser.add_argument("--patient-methods", default="kd", help="KD methods also run patient")
+    parser.add_argument(
+        "--patient-only",
+        action="store_true",
+        help="with --hungry: only the patient rows (their base-length rows ran before)",
+    )
     parser.add_argument(
         "--rows", default=None, help="KD methods to keep besides the baselines (all if absent)"
     )

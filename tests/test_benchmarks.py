@@ -21,6 +21,9 @@ def test_step_time_smoke_reports_every_ratio(tmp_path, run_python):
     times = report["times"]
     short = {name[:3]: min(values) for name, values in times.items()}
     assert report["ratios"]["(c) / (e)"] == short["(c)"] / short["(e)"]
+    # One round: the per-round ratio is the ratio of that round's epochs.
+    first = {name[:3]: values[0] for name, values in times.items()}
+    assert report["paired_ratios"]["(d) / (a)"] == pytest.approx(first["(d)"] / first["(a)"])
     assert all(value > 0 for value in short.values())
 
 
