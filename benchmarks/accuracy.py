@@ -531,6 +531,11 @@ def main(argv=None):
             f"--teachers: expected 1 or more (1 with --peer: keras.distillation takes one "
             f"teacher); received {args.teachers}"
         )
+    if args.patient_only and not (args.hungry and args.patience > 1):
+        parser.error(
+            "--patient-only: expected with --hungry and --patience above 1; received "
+            f"--hungry {'on' if args.hungry else 'off'}, --patience {args.patience}"
+        )
     if args.sweep is not None:
         return sweep(args)
     if args.time_to_accuracy:

@@ -71,3 +71,10 @@ def test_accuracy_refuses_an_empty_ensemble(run_python):
     assert result.returncode == 2
     assert "--teachers: expected 1 or more" in result.stderr
     assert "received 0" in result.stderr
+
+
+def test_accuracy_refuses_patient_only_without_patient_hungry_rows(run_python):
+    result = run_python(["benchmarks/accuracy.py", "--smoke", "--patient-only"])
+    assert result.returncode == 2
+    assert "--patient-only: expected with --hungry and --patience above 1" in result.stderr
+    assert "received --hungry off, --patience 1" in result.stderr
