@@ -169,7 +169,7 @@ def main(argv=None):
     times = measure(build(x, y, args.batch_size), rounds)
     best = {name: min(values) for name, values in times.items()}
     ratios = _ratios({name[:3]: value for name, value in best.items()})
-    # The same ratios within each round (measured minutes apart at most),
+    # The same ratios within each round (both sides measured seconds apart),
     # then their median: a slow phase of the shared machine hits both sides.
     per_round = [
         _ratios({name[:3]: values[r] for name, values in times.items()}) for r in range(rounds)

@@ -1,3 +1,5 @@
+"""`LogMeans`, the Distiller's logs in one metric, against a `keras.metrics.Mean` per log."""
+
 import keras
 import numpy as np
 import pytest
