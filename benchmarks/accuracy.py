@@ -447,22 +447,12 @@ def sweep(args):
         print(f"seed {seed}: teacher {accuracy(teacher, *data[1]):.4f}", flush=True)
         for student in args.students.split(","):
             for patience in grid["patience"]:
-                for method in ("labels", "labels+aug"):
-                    row = {"student": student, "method": method, "patience": int(patience)}
-                    acc, sec = run_row(row, data, teacher, seed, args.epochs)
-                    results.append(
-                        {"seed": seed, "student": student, **row, "accuracy": acc, "seconds": sec}
-                    )
-                    print(
-                        f"  {student:7s} {method:15s} x{int(patience)} {acc:.4f} {sec:6.1f} s",
-                        flush=True,
-                    )
-                for method, t, slw, alpha in itertools.product(
-                    grid["method"], grid["T"], grid["slw"], grid["alpha"]
-                ):
-                    if method != "kd+views+mixup" and alpha != grid["alpha"][0]:
-                        continue
-                    row = {
+                rows = [
+                    {"student": student, "method": method, "patience": int(patience)}
+                    for method in ("labels", "labels+aug")
+                ]
+                rows += [
+                    {
                         "student": student,
                         "method": method,
                         "T": t,
@@ -470,12 +460,22 @@ def sweep(args):
                         "alpha": alpha,
                         "patience": int(patience),
                     }
+                    for method, t, slw, alpha in itertools.product(
+                        grid["method"], grid["T"], grid["slw"], grid["alpha"]
+                    )
+                    if method == "kd+views+mixup" or alpha == grid["alpha"][0]
+                ]
+                for row in rows:
                     acc, sec = run_row(row, data, teacher, seed, args.epochs)
-                    results.append(
-                        {"seed": seed, "student": student, **row, "accuracy": acc, "seconds": sec}
+                    results.append({"seed": seed, **row, "accuracy": acc, "seconds": sec})
+                    settings = (
+                        f" T={row['T']:g} slw={row['slw']:g} alpha={row['alpha']:g}"
+                        if "T" in row
+                        else ""
                     )
                     print(
-                        f"  {student:7s} {method:15s} x{int(patience)} T={t:g} slw={slw:g} alpha={alpha:g} {acc:.4f} {sec:6.1f} s",
+                        f"  {student:7s} {row['method']:15s} x{row['patience']}{settings} "
+                        f"{acc:.4f} {sec:6.1f} s",
                         flush=True,
                     )
     if args.out:
