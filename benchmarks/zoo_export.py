@@ -218,27 +218,17 @@ def export_model(name, out_dir, *, formats=FORMATS, int8=True, num_samples=8, th
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                if fmt == "onnx int8":
-                    manifest = deploy.quantize(
-                        model,
-                        paths["onnx"],
-                        path,
-                        calibration_data=cal,
-                        eval_data=x,
-                        min_agreement=0.0,
-                        batch_sizes=(1, 4),
-                        threads=threads,
-                    )
-                else:
-                    manifest = deploy.quantize_tflite(
-                        model,
-                        path,
-                        calibration_data=cal,
-                        eval_data=x,
-                        min_agreement=0.0,
-                        batch_sizes=(1, 4),
-                        threads=threads,
-                    )
+                files = (paths["onnx"], path) if fmt == "onnx int8" else (path,)
+                quantize = deploy.quantize if fmt == "onnx int8" else deploy.quantize_tflite
+                manifest = quantize(
+                    model,
+                    *files,
+                    calibration_data=cal,
+                    eval_data=x,
+                    min_agreement=0.0,
+                    batch_sizes=(1, 4),
+                    threads=threads,
+                )
             row = _row(name, fmt, manifest, seconds=time.perf_counter() - start)
             row["latency_ms"] = _latency_ms(path, x, threads)
         except (deploy.ParityError, deploy.ConversionError, ValueError) as e:
