@@ -194,6 +194,14 @@ def projection_head(feat_dim, seed=None, name=None):
     )
 
 
+# The settings CRD passes to its ContrastMemory; both save them in their configs.
+_MEMORY_SETTINGS = ("num_samples", "feat_dim", "nce_k", "nce_t", "nce_m", "seed")
+
+
+def _memory_settings(obj):
+    return {k: getattr(obj, k) for k in _MEMORY_SETTINGS}
+
+
 class ContrastMemory(keras.layers.Layer):
     """CRD's state: two memory banks, their constants `Z`, the negative sampler.
 
@@ -303,15 +311,7 @@ class ContrastMemory(keras.layers.Layer):
         return scores_s / normalizers[0], scores_t / normalizers[1]
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "num_samples": self.num_samples,
-            "feat_dim": self.feat_dim,
-            "nce_k": self.nce_k,
-            "nce_t": self.nce_t,
-            "nce_m": self.nce_m,
-            "seed": self.seed,
-        }
+        return {**super().get_config(), **_memory_settings(self)}
 
 
 def _check_int(arg, value, minimum=1):
@@ -446,15 +446,7 @@ class CRD(FeatureTerm):
         )
         self.teacher_head.build(teacher_shape)
         self.student_head.build(student_shape)
-        self.memory = ContrastMemory(
-            self.num_samples,
-            self.feat_dim,
-            self.nce_k,
-            self.nce_t,
-            self.nce_m,
-            seed=self.seed,
-            name="crd_memory",
-        )
+        self.memory = ContrastMemory(**_memory_settings(self), name="crd_memory")
         self.memory.build()
         self.built = True
 
@@ -495,12 +487,4 @@ class CRD(FeatureTerm):
         )
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "num_samples": self.num_samples,
-            "feat_dim": self.feat_dim,
-            "nce_k": self.nce_k,
-            "nce_t": self.nce_t,
-            "nce_m": self.nce_m,
-            "seed": self.seed,
-        }
+        return {**super().get_config(), **_memory_settings(self)}
